@@ -1,0 +1,1 @@
+"""The ``opd-dynamics`` command line (installed as the import package ``opd_dynamics_cli``)."""

@@ -1,0 +1,143 @@
+"""``opd-dynamics``: thin typer commands over the public API. Parse, call one function, print or write.
+
+User errors (:class:`opd_dynamics.errors.OPDError`) print one line on stderr and exit with status 2;
+warnings print as one ``warning:`` line each.
+"""
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from opd_dynamics.errors import OPDError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="markdown",
+                  help="See how post-training moves LLM weights: update geometry, subspace locking, "
+                       "interventions and EffOPD extrapolation.")
+
+BASE_HELP = "Model training started from (W0). Trainers never save it: pass it unless a step-0 checkpoint exists."
+
+
+@app.command(epilog="""
+**Examples**
+
+    opd-dynamics analyze runs/opd --base models/qwen-0.5b -o results/opd
+
+    opd-dynamics analyze runs/opd runs/rl runs/sft --base models/base -o results/all --select kind=body
+
+    opd-dynamics analyze runs/opd --base B --metrics spectral_ratio,alignment_to_final:k=10,side=right --against prev
+""")
+def analyze(
+    runs: Annotated[list[Path], typer.Argument(help="Run directories (checkpoint-N/, global_step_N/, step_N/) or single checkpoints.")],
+    base: Annotated[Optional[list[Path]], typer.Option("--base", "-b", help=BASE_HELP + " Once for all runs or once per run.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write metrics.parquet + manifest.json here.")] = None,
+    name: Annotated[Optional[list[str]], typer.Option("--name", help="Label for each run (default: directory name).")] = None,
+    metrics: Annotated[Optional[str], typer.Option("--metrics", "-m", help="Comma-separated metric specs, e.g. spectral_norm,alignment_to_final:k=10 (see list-metrics).")] = None,
+    select: Annotated[Optional[list[str]], typer.Option("--select", "-s", help="kind=attn_q,mlp_* | layer=0-11 | name=REGEX | matrix; repeat to combine.")] = None,
+    against: Annotated[str, typer.Option(help="base (W_t - W0), prev (W_t - W_t') or a step number.")] = "base",
+    steps: Annotated[Optional[str], typer.Option(help="Only these steps, e.g. 1,2,4,8.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda[:i].")] = "auto",
+    spectrum: Annotated[str, typer.Option(help="gram (float64 Gram + eigvalsh), svd (float32) or svd64.")] = "gram",
+    allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Also read pytorch_model.bin (weights_only=True).")] = False,
+    nonfinite: Annotated[str, typer.Option(help="error: stop at NaN/Inf weights; nan: record NaN rows with a warning.")] = "error",
+    csv: Annotated[bool, typer.Option("--csv", help="Also write metrics.csv.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, no summary.")] = False,
+) -> None:
+    """Compute update-geometry metrics for every module at every saved step; print the Table-1 summary."""
+    from opd_dynamics import analyze as run_analyze
+    from opd_dynamics.metrics.registry import Spec
+    from opd_dynamics.summary import format_table, table1
+
+    specs = [Spec.parse(m) for m in _split_specs(metrics)] if metrics else None
+    df = run_analyze(runs, base=_one_or_many(base), names=name, metrics=specs, select=select,
+                     against=_against(against), steps=_int_list(steps, "--steps"), device=device,
+                     spectrum_method=spectrum, allow_pickle=allow_pickle, nonfinite=nonfinite, out=out,
+                     csv=csv, progress=not quiet)
+    if not quiet:
+        wide = table1(df)
+        if len(wide):
+            typer.echo("Mean over attention + MLP matrices (EffOPD Table 1 layout):")
+            typer.echo(format_table(wide))
+        if out is not None:
+            typer.echo(f"wrote {len(df)} rows to {out}/metrics.parquet (+ manifest.json)", err=True)
+
+
+@app.command("list-metrics", epilog="**Example**\n\n    opd-dynamics list-metrics")
+def list_metrics() -> None:
+    """List every metric (built-in and plug-in) with its family, defaults and source."""
+    from opd_dynamics.metrics.registry import available
+
+    for name, info in available().items():
+        defaults = ", ".join(f"{k}={v}" for k, v in info.defaults.items())
+        typer.echo(f"{name:22s} {info.family:10s} {info.summary}" + (f"  [{defaults}]" if defaults else "")
+                   + (f"  ({info.paper})" if info.paper else ""))
+
+
+@app.command(epilog="**Example**\n\n    opd-dynamics show results/opd")
+def show(results: Annotated[Path, typer.Argument(help="Directory written by analyze -o (or a .parquet/.csv file).")],
+         final: Annotated[bool, typer.Option("--final", help="Only each run's last step.")] = False) -> None:
+    """Print the Table-1 summary of saved results."""
+    from opd_dynamics.summary import format_table, table1
+    from opd_dynamics.table import load
+
+    typer.echo(format_table(table1(load(results), final_only=final)))
+
+
+@app.command(epilog="**Examples**\n\n    opd-dynamics demo\n\n    opd-dynamics demo demo-out --small")
+def demo(out: Annotated[Path, typer.Argument(help="Where to write the demo runs and results.")] = Path("demo-out"),
+         small: Annotated[bool, typer.Option("--small", help="Tiny preset (seconds), for tests.")] = False,
+         quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False) -> None:
+    """Build the built-in demo runs, analyse them and print the Table-1 comparison."""
+    from opd_dynamics.demo import run_demo
+
+    run_demo(out, small=small, progress=not quiet, echo=typer.echo)
+
+
+def _split_specs(text: str) -> list[str]:
+    """Split ``a,b:k=1,side=left,c`` into specs: a comma starts a new spec only before a name without '='."""
+    out: list[str] = []
+    for piece in text.split(","):
+        if out and "=" in piece and ":" in out[-1] and ":" not in piece:
+            out[-1] += "," + piece
+        else:
+            out.append(piece)
+    return [p.strip() for p in out if p.strip()]
+
+
+def _int_list(text: str | None, flag: str) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise OPDError(f"{flag} {text!r}: expected comma-separated integers", hint=f"e.g. {flag} 1,2,4,8") from None
+
+
+def _against(text: str):
+    return int(text) if text.isdigit() else text
+
+
+def _one_or_many(paths: list[Path] | None):
+    if not paths:
+        return None
+    return paths[0] if len(paths) == 1 else list(paths)
+
+
+def _warning_line(message, category, filename, lineno, line=None):
+    return f"warning: {message}\n"
+
+
+def main() -> None:
+    warnings.formatwarning = _warning_line
+    try:
+        app()
+    except OPDError as e:
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""``analyze``: runs on disk -> the long table (and, with ``out=``, Parquet + manifest written atomically).
+
+>>> import tempfile
+>>> from opd_dynamics.synthetic import make_synthetic_runs
+>>> runs = make_synthetic_runs(tempfile.mkdtemp(), steps=(1, 2, 4), layers=1, hidden=16)
+>>> df = analyze([runs["opd"]], base=runs["base"], metrics=["spectral_norm"], progress=False)
+>>> sorted(df["step"].unique().tolist()), df["metric"].unique().tolist()
+([1, 2, 4], ['spectral_norm'])
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+from collections import Counter
+from importlib import metadata
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+import torch
+
+from .engine import run_metrics
+from .errors import OPDError
+from .io.discovery import Run, open_run
+from .metrics.registry import DEFAULT_METRICS, Spec
+from .select import Selector
+from .table import from_rows, save
+
+PathLike = str | os.PathLike
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; an unavailable CUDA is a clear error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise OPDError(f"--device {device}: no CUDA device here", hint="use --device cpu or auto")
+    return torch.device(device)
+
+
+def _specs(metrics: Sequence[str | Spec] | None) -> list[Spec]:
+    specs = [m if isinstance(m, Spec) else Spec.parse(m) for m in (metrics or DEFAULT_METRICS)]
+    for s in specs:
+        s.build()  # unknown names and bad settings fail here, before any reading
+    return specs
+
+
+def open_runs(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] | None = None,
+              names: Sequence[str] | None = None, steps: Sequence[int] | None = None,
+              allow_pickle: bool = False) -> list[Run]:
+    """Discover several runs; ``base`` is one directory for all or one per run."""
+    if not paths:
+        raise OPDError("no run directories given", hint="opd-dynamics analyze RUN_DIR [RUN_DIR ...] --base BASE_DIR")
+    bases = list(base) if isinstance(base, (list, tuple)) else [base] * len(paths)
+    if len(bases) != len(paths):
+        raise OPDError(f"{len(bases)} bases for {len(paths)} runs", hint="give one --base, or one per run")
+    names = list(names) if names else [None] * len(paths)
+    runs = [open_run(p, base=b, name=n, steps=list(steps) if steps else None, allow_pickle=allow_pickle)
+            for p, b, n in zip(paths, bases, names)]
+    seen = Counter(r.name for r in runs)
+    dup = [n for n, c in seen.items() if c > 1]
+    if dup:
+        raise OPDError(f"two runs are named {dup[0]!r}", hint="label them with --name, one per run")
+    return runs
+
+
+def manifest(runs: list[Run], specs: list[Spec], **settings) -> dict:
+    """Provenance written beside the table: inputs, versions, metric specs and settings."""
+    versions = {"python": platform.python_version()}
+    for pkg in ("opd-dynamics", "torch", "numpy", "safetensors", "transformers", "pandas"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+
+    def dtypes(ck):
+        return dict(Counter(str(ck.dtype(k)).replace("torch.", "") for k in ck.keys()))
+
+    return {
+        "tool": "opd-dynamics analyze",
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "versions": versions,
+        "runs": [{"name": r.name, "root": str(r.root.resolve()), "base": str(r.base.path.resolve()),
+                  "base_dtypes": dtypes(r.base), "steps": {str(s): str(c.path.resolve()) for s, c in r.steps.items()},
+                  "checkpoint_format": r.steps[r.final_step].format,
+                  "checkpoint_dtypes": dtypes(r.steps[r.final_step])} for r in runs],
+        "metrics": [s.to_json() for s in specs],
+        "settings": settings,
+    }
+
+
+def analyze(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] | None = None,
+            names: Sequence[str] | None = None, metrics: Sequence[str | Spec] | None = None,
+            select: Sequence[str] | Selector | None = None, against: str | int = "base",
+            steps: Sequence[int] | None = None, device: str = "auto", spectrum_method: str = "gram",
+            allow_pickle: bool = False, nonfinite: str = "error", out: PathLike | None = None,
+            csv: bool = False, progress: bool = True) -> pd.DataFrame:
+    """Compute update-geometry metrics for every module at every saved step of one or more runs.
+
+    Args:
+        paths: run directories (``checkpoint-N/``, ``global_step_N/``, ``step_N/`` layouts) or single checkpoints.
+        base: the model training started from (W₀): one directory for all runs, or one per run.
+            Default: each run's step-0 checkpoint.
+        names: labels for the ``run`` column (default: directory names).
+        metrics: metric names or specs like ``"alignment_to_final:k=10,side=right"`` (default: SPEC §2–3 set).
+        select: ``--select`` clauses (``kind=mlp_*``, ``layer=0-11``, ``name=REGEX``, ``matrix``).
+        against: ``"base"`` (ΔW_t = W_t − W₀), ``"prev"`` (W_t − W_{t'}) or a fixed step number.
+        steps: analyse only these steps.
+        device: ``auto``, ``cpu`` or ``cuda[:i]``.
+        spectrum_method: ``gram`` (float64 Gram + eigvalsh, default), ``svd`` (float32) or ``svd64``.
+        nonfinite: ``error`` (default) stops at a NaN/Inf weight; ``nan`` records NaN rows with a warning.
+        out: directory to write ``metrics.parquet`` + ``manifest.json`` into (nothing written on error).
+        csv: also write ``metrics.csv``.
+
+    Returns:
+        The long table ``run, step, ref_step, module, layer, kind, metric, value``.
+    """
+    specs = _specs(metrics)
+    selector = select if isinstance(select, Selector) else Selector.parse(list(select or []))
+    dev = resolve_device(device)
+    runs = open_runs(paths, base=base, names=names, steps=steps, allow_pickle=allow_pickle)
+    rows = run_metrics(runs, specs, selector=selector, against=against, device=dev,
+                       spectrum_method=spectrum_method, nonfinite=nonfinite, progress=progress)
+    df = from_rows(rows)
+    if out is not None:
+        save(df, out, manifest(runs, specs, select=selector.to_json(), against=against, device=str(dev),
+                               spectrum_method=spectrum_method, nonfinite=nonfinite, rows=len(df)), csv=csv)
+    return df

@@ -1,0 +1,188 @@
+"""The one loop: module-major streaming over checkpoints, one decomposition per (module, step), rows out.
+
+For each run and each selected tensor: read W_ref (W₀, the previous step, or a fixed step), then that
+tensor from every checkpoint in step order; for each reported part form ΔW = W_t − W_ref in float32, run
+every metric on the shared view, free. The next read is prefetched on a thread while the current one is
+computed (reads release the GIL). Peak memory is W_ref + W_t + ΔW (float32) + one prefetched tensor +
+the Gram on the small side: a few copies of the largest tensor, independent of how many checkpoints or
+layers there are. Only this module walks checkpoints; metrics are pure functions of one view.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator
+
+import torch
+from tqdm.auto import tqdm
+
+from .errors import CheckpointError, OPDError
+from .io.discovery import Run
+from .metrics.registry import Spec
+from .naming import Part, parts
+from .select import Selector
+from .view import ModuleView
+
+Row = tuple  # (run, step, ref_step, module, layer, kind, metric, value)
+
+
+@dataclass(frozen=True)
+class TensorPlan:
+    run: Run
+    tensor: str
+    parts: tuple[Part, ...]
+    ndim: int
+
+
+def _tied(name: str, config: dict) -> bool:
+    return name.startswith("lm_head") and bool(config.get("tie_word_embeddings", False))
+
+
+def plan(run: Run, selector: Selector) -> list[TensorPlan]:
+    """Tensors to read for ``run`` after checking every checkpoint holds them with the base's shape."""
+    base, config = run.base, run.base.config
+    base_keys = set(base.keys())
+    for step, ck in run.steps.items():
+        keys = set(ck.keys())
+        for name in sorted(base_keys - keys):
+            if not _tied(name, config) and base.dtype(name).is_floating_point:
+                raise CheckpointError(f"{ck.path}: tensor {name!r} is missing (the base {base.path} has it)",
+                                      hint="re-save the checkpoint, or drop this step with --steps")
+        for name in sorted(keys - base_keys):
+            if not _tied(name, config) and ck.dtype(name).is_floating_point:
+                raise CheckpointError(f"{ck.path}: tensor {name!r} is not in the base {base.path}",
+                                      hint="check --base names the model this run started from")
+    out = []
+    for name in base.keys():
+        if not base.dtype(name).is_floating_point or any(name not in ck for ck in run.steps.values()):
+            continue  # integer buffers; tied heads absent from the checkpoints
+        shape = base.shape(name)
+        for step, ck in run.steps.items():
+            if ck.shape(name) != shape:
+                raise CheckpointError(f"{ck.file_of(name)}: tensor {name!r} has shape {list(ck.shape(name))}, "
+                                      f"the base has {list(shape)}", hint="check --base names the model this run started from")
+        chosen = tuple(p for p in parts(name, shape, config) if selector.matches(p, len(shape)))
+        if chosen:
+            out.append(TensorPlan(run, name, chosen, len(shape)))
+    return out
+
+
+def _prefetched(tasks: Iterable[Callable[[], object]]) -> Iterator[object]:
+    """Run read tasks one ahead on a worker thread, yielding results in order."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = None
+        for task in tasks:
+            fut = pool.submit(task)
+            if pending is not None:
+                yield pending.result()
+            pending = fut
+        if pending is not None:
+            yield pending.result()
+
+
+def _read(ck, name: str, device: torch.device) -> Callable[[], torch.Tensor]:
+    return lambda: ck.get_tensor(name).to(device)
+
+
+def _part(t: torch.Tensor, p: Part) -> torch.Tensor:
+    if t.ndim != 2:
+        return t
+    t = t.T if p.transpose else t
+    return t if p.rows is None else t[p.rows[0]:p.rows[1]]
+
+
+def _ref_steps(steps: list[int], against: str | int) -> dict[int, int]:
+    if against == "base":
+        return {s: 0 for s in steps}
+    if against == "prev":
+        return {s: r for s, r in zip(steps, [0] + steps[:-1])}
+    if isinstance(against, int):
+        if against != 0 and against not in steps:
+            raise OPDError(f"--against {against}: no checkpoint at that step; steps are {steps}", hint="pick one of them")
+        return {s: against for s in steps if s != against}
+    raise OPDError(f"--against {against!r} not understood", hint="use base, prev or a step number")
+
+
+def run_metrics(runs: list[Run], specs: list[Spec], *, selector: Selector = Selector(), against: str | int = "base",
+                device: str | torch.device = "cpu", spectrum_method: str = "gram", nonfinite: str = "error",
+                progress: bool = True) -> list[Row]:
+    """Compute every metric for every selected module of every run; return long-table rows."""
+    if nonfinite not in ("error", "nan"):
+        raise OPDError(f"--nonfinite {nonfinite!r} not understood", hint="use error or nan")
+    device = torch.device(device)
+    built = [(s, s.info, s.build()) for s in specs]
+    keep_after = any(info.needs_after for _, info, _ in built)
+    plans = [p for run in runs for p in plan(run, selector)]
+    schedule = [(p, _ref_steps(sorted(p.run.steps), against)) for p in plans]
+    n_reads = sum(len(refs) + 1 for _, refs in schedule)
+    rows: list[Row] = []
+    bar = tqdm(total=n_reads, disable=not progress, desc="reading tensors", unit="tensor", leave=False)
+
+    def tasks():
+        for p, refs in schedule:
+            first = 0 if against in ("base", "prev", 0) else against
+            yield _read(p.run.base if first == 0 else p.run.steps[first], p.tensor, device)
+            for step in refs:
+                yield _read(p.run.steps[step], p.tensor, device)
+
+    stream = _prefetched(tasks())
+    try:
+        for p, refs in schedule:
+            ref_raw = next(stream)
+            bar.update(1)
+            cache: dict[str, dict] = {part.name: {} for part in p.parts}
+            states: dict[tuple[str, int], dict[int, object]] = {}
+            for step, ref_step in refs.items():
+                raw = next(stream)
+                bar.update(1)
+                for part in p.parts:
+                    rows.extend(_one_view(p, part, step, ref_step, raw, ref_raw, built, states, cache[part.name],
+                                          keep_after, spectrum_method, nonfinite))
+                if against == "prev":
+                    ref_raw = raw
+                del raw
+            for part in p.parts:
+                for i, (spec, info, m) in enumerate(built):
+                    st = states.get((part.name, i))
+                    if st:
+                        for step, value in m.finalize(st).items():
+                            rows.extend(_emit(p, part, step, refs[step], info, value))
+            del ref_raw
+    finally:
+        stream.close()
+        bar.close()
+    return rows
+
+
+def _emit(p: TensorPlan, part: Part, step: int, ref_step: int, info, value) -> Iterator[Row]:
+    values = value if isinstance(value, dict) else {info.outputs[0]: value}
+    for metric, v in values.items():
+        yield (p.run.name, step, ref_step, part.name, part.layer, part.kind, metric, float(v))
+
+
+def _one_view(p, part, step, ref_step, raw, ref_raw, built, states, cache, keep_after, method, nonfinite):
+    ref_part = _part(ref_raw, part)
+    delta = _part(raw, part).to(torch.float32, copy=True).sub_(ref_part)
+    norm = float(torch.linalg.vector_norm(delta, dtype=torch.float64))
+    view = ModuleView(p.run.name, part, step, ref_step, delta, ref_part,
+                      _part(raw, part) if keep_after else None, method, cache)
+    finite = math.isfinite(norm)
+    if not finite:
+        bad = p.run.steps[step] if not torch.isfinite(raw).all() else (
+            p.run.base if ref_step == 0 else p.run.steps[ref_step])
+        where = f"{bad.file_of(p.tensor)}: tensor {p.tensor!r} has NaN/Inf values"
+        if nonfinite == "error":
+            raise CheckpointError(where, hint="drop this step with --steps, or pass --nonfinite nan to record NaN rows")
+        warnings.warn(where + "; its metrics are recorded as NaN", stacklevel=2)
+    out = []
+    for i, (spec, info, m) in enumerate(built):
+        if info.matrix and not view.is_matrix:
+            continue
+        if info.trajectory:
+            states.setdefault((part.name, i), {})[step] = m.collect(view) if finite else None
+            continue
+        value = m(view) if finite else {o: math.nan for o in info.outputs}
+        out.extend(_emit(p, part, step, ref_step, info, value))
+    return out

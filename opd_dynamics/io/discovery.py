@@ -1,0 +1,150 @@
+"""Find the checkpoints of a training run in the layouts trainers really write, and its base W₀.
+
+Layouts (step N parsed from the directory name):
+
+- HF Trainer / TRL: ``run/checkpoint-N/``
+- verl: ``run/global_step_N/actor/huggingface/`` (or ``.../actor/`` when that holds HF weights)
+- plain: ``run/step_N/``, ``run/step-N/``, ``run/stepN/``
+- a directory that is itself one checkpoint (step from its name, else ``trainer_state.json``'s
+  ``global_step``, else 1)
+
+Trainers never save W₀ and ``config.json`` does not name it, so the base is ``base=DIR`` when given,
+else a step-0 checkpoint, else an error that says how to pass one.
+"""
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import CheckpointError, OPDError
+from .checkpoint import Checkpoint, has_weights
+
+_STEP_DIR = re.compile(r"^(?:checkpoint|global_step|step|iter|ckpt)[-_]?(\d+)$")
+
+
+@dataclass
+class Run:
+    """A named, ordered set of checkpoints of one training job plus its base W₀ (step 0)."""
+
+    name: str
+    root: Path
+    base: Checkpoint
+    steps: dict[int, Checkpoint] = field(default_factory=dict)
+
+    @property
+    def final_step(self) -> int:
+        return max(self.steps)
+
+    def __repr__(self) -> str:
+        return f"Run({self.name!r}, steps={sorted(self.steps)}, base={str(self.base.path)!r})"
+
+
+def _weights_dir(d: Path) -> Path | None:
+    """The directory under a step directory that holds HF weights (verl nests them)."""
+    for cand in (d, d / "actor" / "huggingface", d / "actor", d / "huggingface"):
+        if has_weights(cand):
+            return cand
+    return None
+
+
+def _single_step(d: Path) -> int:
+    m = _STEP_DIR.match(d.name)
+    if m:
+        return int(m.group(1))
+    state = d / "trainer_state.json"
+    if state.exists():
+        try:
+            return int(json.loads(state.read_text()).get("global_step", 1))
+        except (json.JSONDecodeError, ValueError, TypeError):
+            pass
+    return 1
+
+
+def find_steps(root: str | Path) -> dict[int, Path]:
+    """Map step -> weights directory for every checkpoint under ``root`` (one level of step dirs)."""
+    root = Path(root)
+    if not root.exists():
+        raise OPDError(f"{root}: no such directory", hint="check the path")
+    if not root.is_dir():
+        raise OPDError(f"{root}: not a directory", hint="point at the run's output directory")
+    if has_weights(root):
+        return {_single_step(root): root}
+    found: dict[int, Path] = {}
+    unreadable: list[Path] = []
+    for child in sorted(root.iterdir()):
+        m = _STEP_DIR.match(child.name)
+        if not (m and child.is_dir()):
+            continue
+        wd = _weights_dir(child)
+        if wd is None:
+            unreadable.append(child)
+            continue
+        step = int(m.group(1))
+        if step in found:
+            raise OPDError(f"{root}: two checkpoints for step {step} ({found[step]} and {wd})",
+                           hint="keep one of them or analyse them as separate runs")
+        found[step] = wd
+    if not found:
+        if unreadable:
+            raise CheckpointError(f"{unreadable[0]}: a step directory without HF weights "
+                                  f"({len(unreadable)} such)", hint="merge sharded trainer state to HF format first "
+                                  "(model.safetensors + config.json)")
+        what = "is empty" if not any(root.iterdir()) else "holds no checkpoints"
+        raise OPDError(f"{root}: {what} (looked for checkpoint-N/, global_step_N/actor/huggingface/, step_N/ "
+                       "or model.safetensors)", hint="point at a training output directory")
+    for child in unreadable:
+        warnings.warn(f"{child}: skipped, no HF weights inside", stacklevel=2)
+    return found
+
+
+def powers_of_two_missing(steps) -> list[int]:
+    """Powers of two up to the last step that are absent (EffOPD replay needs each 2ⁿ and 2ⁿ⁻¹)."""
+    steps = set(steps)
+    last = max(steps, default=0)
+    out, p = [], 1
+    while p <= last:
+        if p not in steps:
+            out.append(p)
+        p *= 2
+    return out
+
+
+def open_run(root: str | Path, *, base: str | Path | None = None, name: str | None = None,
+             steps: list[int] | None = None, allow_pickle: bool = False, warn_missing: bool = True) -> Run:
+    """Discover a run's checkpoints and its base.
+
+    Args:
+        root: the training output directory (or a single checkpoint directory).
+        base: directory of the model training started from. Default: the step-0 checkpoint.
+        name: label for the ``run`` column (default: the directory name).
+        steps: keep only these steps (default: all found, step 0 excluded since it is the base).
+        allow_pickle: also read ``pytorch_model.bin`` (with ``weights_only=True``).
+    """
+    root = Path(root)
+    found = find_steps(root)
+    if base is not None:
+        base_ck = Checkpoint(_weights_dir(Path(base)) or Path(base), allow_pickle=allow_pickle)
+    elif 0 in found:
+        base_ck = Checkpoint(found[0], allow_pickle=allow_pickle)
+    else:
+        raise OPDError(f"{root}: no base model W₀ (trainers do not save step 0, and config.json does not name it)",
+                       hint="pass --base DIR with the model training started from")
+    found.pop(0, None)
+    if steps is not None:
+        unknown = sorted(set(steps) - set(found))
+        if unknown:
+            raise OPDError(f"{root}: no checkpoint for step(s) {unknown}; found {sorted(found)}",
+                           hint="pick steps from the list")
+        found = {s: found[s] for s in steps}
+    if not found:
+        raise OPDError(f"{root}: only the base checkpoint, nothing to compare", hint="point at a run with saved steps")
+    if warn_missing:
+        missing = powers_of_two_missing(found)
+        if missing and len(found) > 1:
+            warnings.warn(f"{root}: steps {missing} are missing (save_total_limit rotation?); "
+                          "EffOPD replay needs every power of two", stacklevel=2)
+    ckpts = {s: Checkpoint(p, allow_pickle=allow_pickle) for s, p in sorted(found.items())}
+    return Run(name or root.name, root, base_ck, ckpts)

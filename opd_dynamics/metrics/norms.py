@@ -1,0 +1,37 @@
+"""Norm metrics (EffOPD appendix): how big the update is, absolutely and relative to the weights.
+
+They need no decomposition and apply to every tensor, matrices and vectors alike.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .registry import metric
+
+
+def fro(x: torch.Tensor) -> float:
+    """‖x‖_F accumulated in float64.
+
+    >>> fro(torch.tensor([[3., 4.]]))
+    5.0
+    """
+    return float(torch.linalg.vector_norm(x, dtype=torch.float64))
+
+
+@metric("frobenius", family="norms", matrix=False, bounds=(0, math.inf), paper="EffOPD App. B")
+def frobenius():
+    """‖ΔW‖_F = sqrt(Σσᵢ²): the size of the update."""
+    return lambda view: fro(view.delta)
+
+
+@metric("relative_update", family="norms", matrix=False, bounds=(0, math.inf), paper="EffOPD App. B")
+def relative_update():
+    """‖ΔW‖_F / ‖W_ref‖_F: the update's size relative to the weights it starts from (NaN when W_ref = 0)."""
+
+    def compute(view):
+        ref = view.cached(f"fro_ref@{view.ref_step}", lambda: fro(view.ref_raw))
+        return fro(view.delta) / ref if ref > 0 else math.nan
+
+    return compute

@@ -1,0 +1,110 @@
+"""Spectral shape of one update ΔW (EffOPD App. B; Geometry of OPD App. E).
+
+All read the one shared spectrum of the view (σ₁ ≥ … ≥ σ_r, r the numerical rank), so selecting all of them
+costs one decomposition. A zero update has no shape: ratios come back NaN.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .registry import metric
+
+
+def effective_rank_of(sigma: np.ndarray) -> float:
+    """exp(−Σ pᵢ ln pᵢ) with pᵢ = σᵢ / Σσⱼ (Roy & Vetterli 2007; σ, not σ², normalised).
+
+    >>> round(effective_rank_of(np.array([2.0, 2.0])), 12)
+    2.0
+    """
+    total = sigma.sum()
+    if total <= 0:
+        return math.nan
+    p = sigma[sigma > 0] / total
+    return float(np.exp(-(p * np.log(p)).sum()))
+
+
+def top_fraction_ratio(sigma: np.ndarray, fraction: float = 0.01) -> float:
+    """sqrt(Σ_{i≤k} σᵢ² / Σⱼ σⱼ²) with k = ⌈fraction·r⌉.
+
+    >>> round(top_fraction_ratio(np.array([1.0, 1.0])), 6)  # k = 1 of r = 2
+    0.707107
+    """
+    r = sigma.size
+    if r == 0:
+        return math.nan
+    k = max(1, math.ceil(r * fraction - 1e-12))
+    sq = sigma.astype(np.float64) ** 2
+    return float(np.sqrt(sq[:k].sum() / sq.sum()))
+
+
+def hill_alpha_of(sigma: np.ndarray, k: int = 32) -> float:
+    """Hill tail index over the top-k σ: [ (1/(k−1)) Σ_{i<k} ln(σᵢ/σ_k) ]⁻¹ (k capped at r; NaN if r < 2).
+
+    >>> round(hill_alpha_of(np.array([np.e, 1.0]), k=2), 12)
+    1.0
+    """
+    k = min(k, sigma.size)
+    if k < 2:
+        return math.nan
+    s = sigma[:k]
+    mean_log = np.log(s[:-1] / s[-1]).sum() / (k - 1)
+    return float(1.0 / mean_log) if mean_log > 0 else math.inf
+
+
+def _frob(view) -> float:
+    return view.cached(f"fro_delta@{view.step}/{view.ref_step}", lambda: float(np.sqrt((view.spectrum.sigma_all ** 2).sum())))
+
+
+@metric("spectral_norm", family="spectrum", bounds=(0, math.inf), paper="EffOPD Table 1")
+def spectral_norm():
+    """σ₁(ΔW): the largest singular value of the update."""
+    return lambda view: float(view.spectrum.sigma_all[0]) if view.spectrum.sigma_all.size else 0.0
+
+
+@metric("spectral_ratio", family="spectrum", bounds=(0, 1), paper="EffOPD Table 1")
+def spectral_ratio():
+    """σ₁ / ‖ΔW‖_F: how much of the update one direction carries."""
+
+    def compute(view):
+        f = _frob(view)
+        return float(view.spectrum.sigma_all[0]) / f if f > 0 else math.nan
+
+    return compute
+
+
+@metric("effective_rank", family="spectrum", outputs=("effective_rank", "numerical_rank", "min_dim"),
+        bounds=(1, math.inf), paper="EffOPD Table 1")
+def effective_rank():
+    """exp(entropy of σ/Σσ) over σ₁..σ_r, with the numerical rank r and min(m, n) beside it."""
+
+    def compute(view):
+        sp = view.spectrum
+        return {"effective_rank": effective_rank_of(sp.sigma), "numerical_rank": float(sp.rank),
+                "min_dim": float(min(sp.shape))}
+
+    return compute
+
+
+@metric("top1pct_ratio", family="spectrum", bounds=(0, 1), paper="EffOPD Table 1")
+def top1pct_ratio(fraction: float = 0.01):
+    """sqrt(energy share of the top ⌈fraction·r⌉ singular values); fraction = 1 % as in the paper."""
+    return lambda view: top_fraction_ratio(view.spectrum.sigma, fraction)
+
+
+@metric("stable_rank", family="spectrum", bounds=(1, math.inf), paper="Geometry of OPD App. E")
+def stable_rank():
+    """‖ΔW‖_F² / σ₁²."""
+
+    def compute(view):
+        s1 = float(view.spectrum.sigma_all[0]) if view.spectrum.sigma_all.size else 0.0
+        return _frob(view) ** 2 / s1 ** 2 if s1 > 0 else math.nan
+
+    return compute
+
+
+@metric("hill_alpha", family="spectrum", bounds=(0, math.inf), paper="Geometry of OPD App. E")
+def hill_alpha(k: int = 32):
+    """Hill estimate of the power-law tail index of ΔW's top-k singular values."""
+    return lambda view: hill_alpha_of(view.spectrum.sigma, k)

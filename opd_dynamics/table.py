@@ -1,0 +1,111 @@
+"""The one long table every stage reads and writes, its validation, and its Parquet + manifest I/O.
+
+Columns: ``run, step, ref_step, module, layer, kind, metric, value``. ``ref_step`` is the step the
+update is measured against (0 = the base W₀). ``layer`` is 0-based and missing (<NA>) for modules outside
+the transformer blocks. Wide views are derived for plots (see :func:`pivot`), never stored.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+RUN, STEP, REF_STEP, MODULE, LAYER, KIND, METRIC, VALUE = (
+    "run", "step", "ref_step", "module", "layer", "kind", "metric", "value")
+COLUMNS = (RUN, STEP, REF_STEP, MODULE, LAYER, KIND, METRIC, VALUE)
+DTYPES = {RUN: "string", STEP: "int64", REF_STEP: "int64", MODULE: "string", LAYER: "Int64",
+          KIND: "string", METRIC: "string", VALUE: "float64"}
+KINDS = ("attn_q", "attn_k", "attn_v", "attn_o", "mlp_gate", "mlp_up", "mlp_down",
+         "embed", "lm_head", "norm", "bias", "other")
+ATTN_KINDS = KINDS[:4]
+MLP_KINDS = KINDS[4:7]
+BODY_KINDS = ATTN_KINDS + MLP_KINDS
+MANIFEST_NAME = "manifest.json"
+
+
+def from_rows(rows: list[tuple] | list[dict]) -> pd.DataFrame:
+    """Build a validated long table from row tuples in ``COLUMNS`` order (or dicts keyed by column).
+
+    >>> df = from_rows([("opd", 8, 0, "model.layers.0.mlp.up_proj.weight", 0, "mlp_up", "frobenius", 1.5)])
+    >>> list(df.columns) == list(COLUMNS), df.loc[0, "value"]
+    (True, 1.5)
+    """
+    df = pd.DataFrame(rows, columns=None if rows and isinstance(rows[0], dict) else list(COLUMNS))
+    if df.empty:
+        df = pd.DataFrame({c: pd.Series(dtype=t) for c, t in DTYPES.items()})
+    return validate(df[list(COLUMNS)].astype(DTYPES))
+
+
+def validate(df: pd.DataFrame) -> pd.DataFrame:
+    """Check columns, dtypes, kinds and key uniqueness; return ``df`` unchanged or raise ``ValueError``."""
+    missing = [c for c in COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"long table lacks columns {missing}; expected {list(COLUMNS)}")
+    for col, dtype in DTYPES.items():
+        if str(df[col].dtype) != dtype:
+            raise ValueError(f"column {col!r} has dtype {df[col].dtype}, expected {dtype}")
+    bad = set(df[KIND].dropna().unique()) - set(KINDS)
+    if bad:
+        raise ValueError(f"unknown kinds {sorted(bad)}; allowed: {KINDS}")
+    key = [RUN, STEP, REF_STEP, MODULE, METRIC]
+    dup = df.duplicated(key)
+    if dup.any():
+        raise ValueError(f"duplicate rows for key {key}: first {df.loc[dup, key].iloc[0].tolist()}")
+    return df
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write through a temporary file in the same directory and rename, so no half-file is left."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save(df: pd.DataFrame, out_dir: str | os.PathLike, manifest: dict[str, Any], *, csv: bool = False) -> Path:
+    """Write ``metrics.parquet`` (and ``metrics.csv``) plus ``manifest.json`` into ``out_dir``, atomically.
+
+    Returns the Parquet path. The manifest is written last, so its presence means the table is complete.
+    """
+    out = Path(out_dir)
+    validate(df)
+    parquet = out / "metrics.parquet"
+    _atomic_write(parquet, lambda p: df.to_parquet(p, index=False))
+    if csv:
+        _atomic_write(out / "metrics.csv", lambda p: df.to_csv(p, index=False))
+    text = json.dumps(manifest, indent=2, sort_keys=True, default=str)
+    _atomic_write(out / MANIFEST_NAME, lambda p: Path(p).write_text(text))
+    return parquet
+
+
+def load(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a long table from a Parquet/CSV file or a results directory holding ``metrics.parquet``."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "metrics.parquet"
+    if not p.exists():
+        from .errors import OPDError
+        raise OPDError(f"{p}: no results table here", hint="point at the directory `opd-dynamics analyze -o` wrote")
+    df = pd.read_csv(p) if p.suffix == ".csv" else pd.read_parquet(p)
+    return validate(df[list(COLUMNS)].astype(DTYPES))
+
+
+def load_manifest(path: str | os.PathLike) -> dict[str, Any]:
+    """Read the manifest beside a results table (directory or table path)."""
+    p = Path(path)
+    return json.loads(((p if p.is_dir() else p.parent) / MANIFEST_NAME).read_text())
+
+
+def pivot(df: pd.DataFrame, index=(RUN, STEP, MODULE, LAYER, KIND), columns=METRIC) -> pd.DataFrame:
+    """Wide view: one row per (run, step, module), one column per metric — for plots and notebooks."""
+    return df.pivot_table(index=list(index), columns=columns, values=VALUE, dropna=False,
+                          observed=True).reset_index()

@@ -1,0 +1,126 @@
+"""What a metric sees: one module at one step (W_ref, ΔW and a shared, lazily computed spectrum).
+
+One :class:`Spectrum` per (module, step) feeds every spectral metric: the Gram matrix and its eigenvalues
+are computed at most once, and top-k vectors are cached per (k, side), so no metric recomputes a
+decomposition. ``module_cache`` lives for the whole trajectory of one module (e.g. W₀'s SVD, computed once
+per module for the whole run).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import linalg
+from .naming import Part
+
+
+class Spectrum:
+    """Lazy singular values and top singular vectors of one matrix X (m×n)."""
+
+    #: vectors are computed at least this many at a time, so metrics asking for k = 1, 16 and 20 share one
+    #: subspace iteration
+    MIN_VECTORS = 32
+
+    def __init__(self, x: torch.Tensor, method: str = "gram"):
+        self._x = x
+        self.shape = tuple(x.shape)
+        self.method = method
+        self._vectors: dict[str, torch.Tensor] = {}  # side -> top vectors (dim × kk)
+        self._top: tuple[torch.Tensor, torch.Tensor] | None = None  # Gram-side vectors and σ
+        self.decompositions = 0  # how many spectra were computed (tests: at most one)
+
+    @cached_property
+    def _gram(self) -> tuple[torch.Tensor, str]:
+        return linalg.gram(self._x)
+
+    @cached_property
+    def sigma_all(self) -> np.ndarray:
+        """All min(m, n) singular values, descending, float64."""
+        self.decompositions += 1
+        if self.method == "gram":
+            return linalg.eigh_spectrum(self._gram[0])
+        return linalg.singular_values(self._x, self.method)
+
+    @cached_property
+    def rank(self) -> int:
+        """Numerical rank r (SPEC §1)."""
+        return linalg.numerical_rank(self.sigma_all, self.shape)
+
+    @cached_property
+    def sigma(self) -> np.ndarray:
+        """σ₁ ≥ … ≥ σ_r > 0: the singular values up to the numerical rank."""
+        return self.sigma_all[: self.rank]
+
+    def vectors(self, k: int, side: str = "left") -> torch.Tensor:
+        """Top-k singular vectors on ``side`` ("left": columns of U, "right": of V), float64 (dim×k)."""
+        if side not in ("left", "right"):
+            raise ValueError(f"side must be 'left' or 'right', got {side!r}")
+        k = min(k, min(self.shape))
+        have = self._vectors.get(side)
+        if have is None or have.shape[1] < k:
+            if self._x is None:
+                raise RuntimeError("spectrum released before its vectors were requested")
+            g, gside = self._gram
+            if self._top is None or self._top[0].shape[1] < k:
+                kk = min(max(k, self.MIN_VECTORS), min(self.shape))
+                self._top = linalg.gram_top_vectors(g, kk)
+                self.decompositions += 1
+                self._vectors = {gside: self._top[0]}
+            if side not in self._vectors:
+                vec, sig = self._top
+                self._vectors[side] = linalg.other_side(self._x, vec, sig, gside)
+            have = self._vectors[side]
+        return have[:, :k]
+
+    def release(self) -> None:
+        """Drop the matrix and Gram (keep σ and cached vectors)."""
+        self._x = None
+        self.__dict__.pop("_gram", None)
+
+
+@dataclass
+class ModuleView:
+    """One module (``part``) of one run at ``step``, measured against ``ref_step``.
+
+    ``delta`` is ΔW = W_step − W_ref in float32, (out, in) orientation. ``before`` is W_ref (float32,
+    computed on first use). ``after`` is W_step exactly as stored, upcast (only when the engine was asked to
+    keep it, see metric ``needs_after``).
+    """
+
+    run: str
+    part: Part
+    step: int
+    ref_step: int
+    delta: torch.Tensor
+    ref_raw: torch.Tensor
+    after_raw: torch.Tensor | None = None
+    spectrum_method: str = "gram"
+    module_cache: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_matrix(self) -> bool:
+        return self.delta.ndim == 2
+
+    @cached_property
+    def before(self) -> torch.Tensor:
+        return self.ref_raw.to(torch.float32)
+
+    @cached_property
+    def after(self) -> torch.Tensor:
+        if self.after_raw is None:
+            raise RuntimeError("metric needs W_t but the engine did not keep it (declare needs_after=True)")
+        return self.after_raw.to(torch.float32)
+
+    @cached_property
+    def spectrum(self) -> Spectrum:
+        return Spectrum(self.delta, self.spectrum_method)
+
+    def cached(self, key: str, compute):
+        """Per-module cache shared by all steps (e.g. ‖W₀‖ or W₀'s SVD): compute once, reuse."""
+        if key not in self.module_cache:
+            self.module_cache[key] = compute()
+        return self.module_cache[key]
