@@ -1,0 +1,41 @@
+"""Shared test helpers: build a metric's view from plain tensors, run a metric the way the engine does."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from opd_dynamics.metrics.registry import Spec
+from opd_dynamics.naming import Part
+from opd_dynamics.view import ModuleView
+
+
+def view_of(w0, wt, *, step: int = 1, ref_step: int = 0, kind: str = "mlp_up", cache=None,
+            method: str = "gram") -> ModuleView:
+    """A ModuleView of W_t against W_ref = w0 (numpy or torch, any float dtype), as the engine builds it."""
+    w0 = torch.as_tensor(w0)
+    wt = torch.as_tensor(wt)
+    delta = wt.to(torch.float32, copy=True).sub_(w0)
+    part = Part("model.layers.0.mlp.up_proj.weight", "model.layers.0.mlp.up_proj.weight", 0, kind)
+    return ModuleView("run", part, step, ref_step, delta, w0, wt, method, {} if cache is None else cache)
+
+
+def compute(name: str, w0, wt, **args):
+    """Run a simple (non-trajectory) metric on one (W0, W_t) pair; returns its value or dict of values."""
+    return Spec(name, args).build()(view_of(w0, wt))
+
+
+def trajectory(name: str, w0, steps: dict[int, np.ndarray], **args) -> dict:
+    """Run a trajectory metric over {step: W_t}; returns {step: value}."""
+    m = Spec(name, args).build()
+    cache: dict = {}
+    states = {s: m.collect(view_of(w0, wt, step=s, cache=cache)) for s, wt in sorted(steps.items())}
+    return m.finalize(states)
+
+
+def low_rank_plus_noise(m: int, n: int, rank: int, noise: float, seed: int = 0, decay: float = 0.7) -> np.ndarray:
+    """A matrix that looks like a real update: a decaying rank-`rank` part plus dense noise (float64)."""
+    rng = np.random.default_rng(seed)
+    u = np.linalg.qr(rng.standard_normal((m, rank)))[0]
+    v = np.linalg.qr(rng.standard_normal((n, rank)))[0]
+    s = decay ** np.arange(rank)
+    return (u * s) @ v.T + noise * rng.standard_normal((m, n)) / np.sqrt(max(m, n))

@@ -1,0 +1,76 @@
+"""The CLI as a user meets it: real subprocesses, one-line errors, exit codes, nothing half-written."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from opd_dynamics.table import load
+
+CLI = [sys.executable, "-m", "opd_dynamics_cli.app"]
+
+
+def run(*args, cwd=None):
+    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def test_analyze_writes_table_and_prints_summary(synthetic_runs, tmp_path):
+    out = tmp_path / "res"
+    r = run("analyze", synthetic_runs["opd"], synthetic_runs["rl"], "--base", synthetic_runs["base"], "-o", out,
+            "--metrics", "spectral_ratio,alignment_to_final:k=4,side=right", "--select", "kind=body")
+    assert r.returncode == 0, r.stderr
+    assert "EffOPD Table 1" in r.stdout and "opd" in r.stdout and "rl" in r.stdout
+    df = load(out)
+    assert set(df.metric) == {"spectral_ratio", "alignment_to_final"}
+    assert set(df.run) == {"opd", "rl"}
+    s = run("show", out, "--final")
+    assert s.returncode == 0 and "spectral_ratio" in s.stdout
+
+
+def test_list_metrics_and_help_examples():
+    r = run("list-metrics")
+    assert r.returncode == 0 and "effective_rank" in r.stdout and "EffOPD" in r.stdout
+    h = run("analyze", "--help")
+    assert h.returncode == 0 and "Examples" in h.stdout
+
+
+def _truncated(synthetic_runs, tmp_path):
+    d = tmp_path / "run"
+    shutil.copytree(synthetic_runs["opd"], d)
+    f = d / "checkpoint-4" / "model.safetensors"
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    return d
+
+
+@pytest.mark.parametrize("case", ["empty", "no_base", "truncated", "bad_metric", "pickle"])
+def test_user_errors_are_one_line_without_traceback(case, synthetic_runs, tmp_path):
+    out = tmp_path / "out"
+    if case == "empty":
+        (tmp_path / "empty").mkdir()
+        args = ["analyze", tmp_path / "empty", "--base", synthetic_runs["base"]]
+        expect = "is empty"
+    elif case == "no_base":
+        args = ["analyze", synthetic_runs["opd"]]
+        expect = "--base"
+    elif case == "truncated":
+        args = ["analyze", _truncated(synthetic_runs, tmp_path), "--base", synthetic_runs["base"]]
+        expect = "checkpoint-4/model.safetensors: truncated"
+    elif case == "bad_metric":
+        args = ["analyze", synthetic_runs["opd"], "--base", synthetic_runs["base"], "-m", "spectral_nrom"]
+        expect = "did you mean spectral_norm"
+    else:
+        import torch
+
+        (tmp_path / "p").mkdir()
+        torch.save({"w": torch.ones(2)}, tmp_path / "p" / "pytorch_model.bin")
+        args = ["analyze", tmp_path / "p", "--base", synthetic_runs["base"]]
+        expect = "--allow-pickle"
+    r = run(*args, "-o", out, "-q")
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    assert expect in lines[0]
+    assert "Traceback" not in r.stderr
+    assert not out.exists()
