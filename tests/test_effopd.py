@@ -134,3 +134,43 @@ def test_callback_inside_a_real_transformers_trainer(tmp_path):
     searches = [e for e in state["log_history"] if "effopd_accepted_k" in e]
     assert [e["step"] for e in searches] == [1, 2, 4]
     assert all(1 <= e["effopd_evaluations"] - 1 <= 5 for e in searches)
+
+
+def test_callback_inside_trl_on_policy_distillation(tmp_path, monkeypatch):
+    """TRL's GKDTrainer with lmbda=1 (student rollouts only) and beta=1 (reverse KL) is on-policy distillation."""
+    monkeypatch.setenv("TRL_EXPERIMENTAL_SILENCE", "1")
+    from datasets import Dataset
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from trl.experimental.gkd import GKDConfig, GKDTrainer
+
+    from opd_dynamics.effopd.callback import EffOPDCallback
+    from opd_dynamics.lab.tokenizer import char_tokenizer
+
+    tok = char_tokenizer()
+    tok.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+
+    def llama(hidden, seed):
+        torch.manual_seed(seed)
+        return LlamaForCausalLM(LlamaConfig(
+            vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+            num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64, pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id))
+
+    rows = [{"messages": [{"role": "user", "content": f"{a}+{b}="}, {"role": "assistant", "content": str(a + b)}]}
+            for a in range(4) for b in range(4)]
+    probe = tok(["1+2=3", "2+2=4"], return_tensors="pt", padding=True)
+
+    def score(m):
+        with torch.no_grad():
+            return -float(m(**probe, labels=probe["input_ids"]).loss)
+
+    args = GKDConfig(output_dir=str(tmp_path), max_steps=4, per_device_train_batch_size=4, lmbda=1.0, beta=1.0,
+                     max_new_tokens=4, save_steps=4, logging_steps=1, report_to=[], use_cpu=True, disable_tqdm=True,
+                     learning_rate=1e-2, max_length=32, seed=0)
+    GKDTrainer(model=llama(16, 0), teacher_model=llama(32, 1), args=args, train_dataset=Dataset.from_list(rows),
+               processing_class=tok, callbacks=[EffOPDCallback(score)]).train()
+    state = json.loads((tmp_path / "checkpoint-4" / "trainer_state.json").read_text())
+    searches = [e for e in state["log_history"] if "effopd_accepted_k" in e]
+    assert [e["step"] for e in searches] == [1, 2, 4]
+    for e in searches:
+        assert e["effopd_scores"][0] <= e["effopd_best"] + 1e-9 and 0 <= e["effopd_accepted_k"] <= 5
