@@ -86,6 +86,24 @@ def show(results: Annotated[Path, typer.Argument(help="Directory written by anal
     typer.echo(format_table(table1(load(results), final_only=final)))
 
 
+@app.command(epilog="""
+**Examples**
+
+    opd-dynamics report results/all -o report/
+
+    opd-dynamics report results/opd results/rl results/sft studies/ -o report/ --title "OPD vs RL vs SFT"
+""")
+def report(results: Annotated[list[Path], typer.Argument(help="Directories written by analyze -o, and study frames (Parquet/CSV) or directories holding them.")],
+           out: Annotated[Path, typer.Option("--out", "-o", help="Report directory (index.html, figures/, tables/); an earlier report there is replaced.")] = Path("report"),
+           title: Annotated[str, typer.Option(help="Page title.")] = "opd-dynamics report",
+           formats: Annotated[str, typer.Option("--formats", help="Figure files besides the embedded PNG: png,pdf,svg.")] = "png,pdf") -> None:
+    """Build a self-contained HTML report (plus PNG/PDF figures, CSV/LaTeX tables) comparing runs side by side."""
+    from opd_dynamics.report import build_report
+
+    index = build_report(results, out, title=title, formats=[f.strip() for f in formats.split(",") if f.strip()])
+    typer.echo(f"wrote {index}")
+
+
 @app.command(epilog="**Examples**\n\n    opd-dynamics demo\n\n    opd-dynamics demo demo-out --small")
 def demo(out: Annotated[Path, typer.Argument(help="Where to write the demo runs and results.")] = Path("demo-out"),
          small: Annotated[bool, typer.Option("--small", help="Tiny preset (seconds), for tests.")] = False,
