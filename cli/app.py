@@ -43,6 +43,7 @@ def analyze(
     spectrum: Annotated[str, typer.Option(help="gram (float64 Gram + eigvalsh), svd (float32) or svd64.")] = "gram",
     allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Also read pytorch_model.bin (weights_only=True).")] = False,
     nonfinite: Annotated[str, typer.Option(help="error: stop at NaN/Inf weights; nan: record NaN rows with a warning.")] = "error",
+    lora_scaling: Annotated[Optional[float], typer.Option("--lora-scaling", help="LoRA runs: s in dW = s*B*A, overriding adapter_config.json (alpha/r).")] = None,
     csv: Annotated[bool, typer.Option("--csv", help="Also write metrics.csv.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, no summary.")] = False,
 ) -> None:
@@ -54,7 +55,7 @@ def analyze(
     specs = [Spec.parse(m) for m in _split_specs(metrics)] if metrics else None
     df = run_analyze(runs, base=_one_or_many(base), names=name, metrics=specs, select=select,
                      against=_against(against), steps=_int_list(steps, "--steps"), device=device,
-                     spectrum_method=spectrum, allow_pickle=allow_pickle, nonfinite=nonfinite, out=out,
+                     spectrum_method=spectrum, allow_pickle=allow_pickle, nonfinite=nonfinite, lora_scaling=lora_scaling, out=out,
                      csv=csv, progress=not quiet)
     if not quiet:
         wide = table1(df)

@@ -48,7 +48,7 @@ def _specs(metrics: Sequence[str | Spec] | None) -> list[Spec]:
 
 def open_runs(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] | None = None,
               names: Sequence[str] | None = None, steps: Sequence[int] | None = None,
-              allow_pickle: bool = False) -> list[Run]:
+              allow_pickle: bool = False, lora_scaling: float | None = None) -> list[Run]:
     """Discover several runs; ``base`` is one directory for all or one per run."""
     if not paths:
         raise OPDError("no run directories given", hint="opd-dynamics analyze RUN_DIR [RUN_DIR ...] --base BASE_DIR")
@@ -56,8 +56,8 @@ def open_runs(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] 
     if len(bases) != len(paths):
         raise OPDError(f"{len(bases)} bases for {len(paths)} runs", hint="give one --base, or one per run")
     names = list(names) if names else [None] * len(paths)
-    runs = [open_run(p, base=b, name=n, steps=list(steps) if steps else None, allow_pickle=allow_pickle)
-            for p, b, n in zip(paths, bases, names)]
+    runs = [open_run(p, base=b, name=n, steps=list(steps) if steps else None, allow_pickle=allow_pickle,
+                     lora_scaling=lora_scaling) for p, b, n in zip(paths, bases, names)]
     seen = Counter(r.name for r in runs)
     dup = [n for n, c in seen.items() if c > 1]
     if dup:
@@ -94,8 +94,8 @@ def analyze(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] | 
             names: Sequence[str] | None = None, metrics: Sequence[str | Spec] | None = None,
             select: Sequence[str] | Selector | None = None, against: str | int = "base",
             steps: Sequence[int] | None = None, device: str = "auto", spectrum_method: str = "gram",
-            allow_pickle: bool = False, nonfinite: str = "error", out: PathLike | None = None,
-            csv: bool = False, progress: bool = True) -> pd.DataFrame:
+            allow_pickle: bool = False, nonfinite: str = "error", lora_scaling: float | None = None,
+            out: PathLike | None = None, csv: bool = False, progress: bool = True) -> pd.DataFrame:
     """Compute update-geometry metrics for every module at every saved step of one or more runs.
 
     Args:
@@ -110,6 +110,10 @@ def analyze(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] | 
         device: ``auto``, ``cpu`` or ``cuda[:i]``.
         spectrum_method: ``gram`` (float64 Gram + eigvalsh, default), ``svd`` (float32) or ``svd64``.
         nonfinite: ``error`` (default) stops at a NaN/Inf weight; ``nan`` records NaN rows with a warning.
+            Why error by default: a NaN weight means a diverged or corrupt checkpoint, and every spectral
+            number computed beside it would be meaningless.
+        lora_scaling: for runs of PEFT adapters, the s in ΔW = s·B·A (overrides adapter_config.json's α/r;
+            needed when an exporter wrote ``lora_alpha: 0``).
         out: directory to write ``metrics.parquet`` + ``manifest.json`` into (nothing written on error).
         csv: also write ``metrics.csv``.
 
@@ -119,11 +123,12 @@ def analyze(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] | 
     specs = _specs(metrics)
     selector = select if isinstance(select, Selector) else Selector.parse(list(select or []))
     dev = resolve_device(device)
-    runs = open_runs(paths, base=base, names=names, steps=steps, allow_pickle=allow_pickle)
+    runs = open_runs(paths, base=base, names=names, steps=steps, allow_pickle=allow_pickle, lora_scaling=lora_scaling)
     rows = run_metrics(runs, specs, selector=selector, against=against, device=dev,
                        spectrum_method=spectrum_method, nonfinite=nonfinite, progress=progress)
     df = from_rows(rows)
     if out is not None:
         save(df, out, manifest(runs, specs, select=selector.to_json(), against=against, device=str(dev),
-                               spectrum_method=spectrum_method, nonfinite=nonfinite, rows=len(df)), csv=csv)
+                               spectrum_method=spectrum_method, nonfinite=nonfinite, lora_scaling=lora_scaling,
+                               rows=len(df)), csv=csv)
     return df

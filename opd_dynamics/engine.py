@@ -5,7 +5,14 @@ tensor from every checkpoint in step order; for each reported part form ΔW = W_
 every metric on the shared view, free. The next read is prefetched on a thread while the current one is
 computed (reads release the GIL). Peak memory is W_ref + W_t + ΔW (float32) + one prefetched tensor +
 the Gram on the small side: a few copies of the largest tensor, independent of how many checkpoints or
-layers there are. Only this module walks checkpoints; metrics are pure functions of one view.
+layers there are (``against=prev`` also keeps W₀ of the current tensor, for the metrics defined against W₀;
+a fixed ``against=N`` reads W₀ only if a metric asks for it). Only this module walks checkpoints; metrics are
+pure functions of one view.
+
+LoRA runs (:mod:`opd_dynamics.io.lora`): a step's tensor is then either dense (``modules_to_save``) or a
+:class:`~opd_dynamics.linalg.Factored` update on top of W₀. Updates between factored states stay factored
+(ΔW_t = s·B_t A_t, or the rank ≤ 2r difference of two steps), so the view's spectrum comes from the factors and
+ΔW is formed only if a metric reads ``view.delta``.
 """
 from __future__ import annotations
 
@@ -20,6 +27,7 @@ from tqdm.auto import tqdm
 
 from .errors import CheckpointError, OPDError
 from .io.discovery import Run
+from .linalg import Factored
 from .metrics.registry import Spec
 from .naming import Part, parts
 from .select import Selector
@@ -46,8 +54,9 @@ def plan(run: Run, selector: Selector) -> list[TensorPlan]:
     base_keys = set(base.keys())
     for step, ck in run.steps.items():
         keys = set(ck.keys())
+        partial = getattr(ck, "partial", False)  # a LoRA adapter holds only the modules it trains
         for name in sorted(base_keys - keys):
-            if not _tied(name, config) and base.dtype(name).is_floating_point:
+            if not partial and not _tied(name, config) and base.dtype(name).is_floating_point:
                 raise CheckpointError(f"{ck.path}: tensor {name!r} is missing (the base {base.path} has it)",
                                       hint="re-save the checkpoint, or drop this step with --steps")
         for name in sorted(keys - base_keys):
@@ -82,15 +91,30 @@ def _prefetched(tasks: Iterable[Callable[[], object]]) -> Iterator[object]:
             yield pending.result()
 
 
-def _read(ck, name: str, device: torch.device) -> Callable[[], torch.Tensor]:
-    return lambda: ck.get_tensor(name).to(device)
+def _read(ck, name: str, device: torch.device) -> Callable[[], torch.Tensor | Factored]:
+    get = getattr(ck, "get_update", None) or ck.get_tensor  # LoRA checkpoints may answer with a Factored
+    return lambda: get(name).to(device)
 
 
-def _part(t: torch.Tensor, p: Part) -> torch.Tensor:
+def _part(t: torch.Tensor | Factored, p: Part) -> torch.Tensor | Factored:
     if t.ndim != 2:
         return t
     t = t.T if p.transpose else t
-    return t if p.rows is None else t[p.rows[0]:p.rows[1]]
+    if p.rows is None:
+        return t
+    return t.rows(*p.rows) if isinstance(t, Factored) else t[p.rows[0]:p.rows[1]]
+
+
+class _Base:
+    """W₀ of one tensor: the first read when measuring against the base (or prev), else read on first use."""
+
+    def __init__(self, p: TensorPlan, device: torch.device, raw: torch.Tensor | None):
+        self.p, self.device, self.raw = p, device, raw
+
+    def get(self) -> torch.Tensor:
+        if self.raw is None:
+            self.raw = self.p.run.base.get_tensor(self.p.tensor).to(self.device)
+        return self.raw
 
 
 def _ref_steps(steps: list[int], against: str | int) -> dict[int, int]:
@@ -120,9 +144,10 @@ def run_metrics(runs: list[Run], specs: list[Spec], *, selector: Selector = Sele
     rows: list[Row] = []
     bar = tqdm(total=n_reads, disable=not progress, desc="reading tensors", unit="tensor", leave=False)
 
+    first = 0 if against in ("base", "prev", 0) else against
+
     def tasks():
         for p, refs in schedule:
-            first = 0 if against in ("base", "prev", 0) else against
             yield _read(p.run.base if first == 0 else p.run.steps[first], p.tensor, device)
             for step in refs:
                 yield _read(p.run.steps[step], p.tensor, device)
@@ -132,14 +157,15 @@ def run_metrics(runs: list[Run], specs: list[Spec], *, selector: Selector = Sele
         for p, refs in schedule:
             ref_raw = next(stream)
             bar.update(1)
+            base = _Base(p, device, ref_raw if first == 0 else None)
             cache: dict[str, dict] = {part.name: {} for part in p.parts}
             states: dict[tuple[str, int], dict[int, object]] = {}
             for step, ref_step in refs.items():
                 raw = next(stream)
                 bar.update(1)
                 for part in p.parts:
-                    rows.extend(_one_view(p, part, step, ref_step, raw, ref_raw, built, states, cache[part.name],
-                                          keep_after, spectrum_method, nonfinite))
+                    rows.extend(_one_view(p, part, step, ref_step, raw, ref_raw, base, built, states,
+                                          cache[part.name], keep_after, spectrum_method, nonfinite))
                 if against == "prev":
                     ref_raw = raw
                 del raw
@@ -149,7 +175,7 @@ def run_metrics(runs: list[Run], specs: list[Spec], *, selector: Selector = Sele
                     if st:
                         for step, value in m.finalize(st).items():
                             rows.extend(_emit(p, part, step, refs[step], info, value))
-            del ref_raw
+            del ref_raw, base
     finally:
         stream.close()
         bar.close()
@@ -162,15 +188,42 @@ def _emit(p: TensorPlan, part: Part, step: int, ref_step: int, info, value) -> I
         yield (p.run.name, step, ref_step, part.name, part.layer, part.kind, metric, float(v))
 
 
-def _one_view(p, part, step, ref_step, raw, ref_raw, built, states, cache, keep_after, method, nonfinite):
-    ref_part = _part(ref_raw, part)
-    delta = _part(raw, part).to(torch.float32, copy=True).sub_(ref_part)
-    norm = float(torch.linalg.vector_norm(delta, dtype=torch.float64))
-    view = ModuleView(p.run.name, part, step, ref_step, delta, ref_part,
-                      _part(raw, part) if keep_after else None, method, cache)
-    finite = math.isfinite(norm)
+def _finite(x: torch.Tensor | Factored) -> bool:
+    if isinstance(x, Factored):
+        return bool(torch.isfinite(x.b).all() and torch.isfinite(x.a).all())
+    return bool(torch.isfinite(x).all())
+
+
+def _dense(state: torch.Tensor | Factored, base: _Base, part: Part) -> torch.Tensor:
+    """W as a tensor: stored weights as they are, a factored state as W₀ + ΔW in float32."""
+    if not isinstance(state, Factored):
+        return _part(state, part)
+    return _part(base.get(), part).to(torch.float32, copy=True).add_(_part(state, part).dense(torch.float32))
+
+
+def _update(raw, ref_raw, ref_step: int, base: _Base, part: Part, keep_after: bool):
+    """(ΔW, W_ref, W_t or None) for one part; ΔW stays factored when both ends are W₀ + factored updates."""
+    if not isinstance(raw, Factored) and not isinstance(ref_raw, Factored):
+        ref_part = _part(ref_raw, part)
+        delta = _part(raw, part).to(torch.float32, copy=True).sub_(ref_part)
+        return delta, ref_part, (_part(raw, part) if keep_after else None)
+    ref_part = _dense(ref_raw, base, part)
+    after = _dense(raw, base, part) if keep_after else None
+    if isinstance(raw, Factored) and (isinstance(ref_raw, Factored) or ref_step == 0):
+        delta = _part(raw, part) if ref_step == 0 else _part(raw, part) - _part(ref_raw, part)
+    else:  # a dense state on one side (modules_to_save): no factored form
+        w_t = after if after is not None else _dense(raw, base, part)
+        delta = w_t.to(torch.float32, copy=True).sub_(ref_part)
+    return delta, ref_part, after
+
+
+def _one_view(p, part, step, ref_step, raw, ref_raw, base, built, states, cache, keep_after, method, nonfinite):
+    delta, ref_part, after = _update(raw, ref_raw, ref_step, base, part, keep_after)
+    view = ModuleView(p.run.name, part, step, ref_step, delta, ref_part, after, method, cache,
+                      base_fn=lambda: _part(base.get(), part))
+    finite = (view.factored is None or _finite(view.factored)) and math.isfinite(view.delta_norm)
     if not finite:
-        bad = p.run.steps[step] if not torch.isfinite(raw).all() else (
+        bad = p.run.steps[step] if not _finite(raw) else (
             p.run.base if ref_step == 0 else p.run.steps[ref_step])
         where = f"{bad.file_of(p.tensor)}: tensor {p.tensor!r} has NaN/Inf values"
         if nonfinite == "error":

@@ -10,13 +10,27 @@ Paths and their errors (σ₁ = largest singular value, ε₆₄ ≈ 2.2e-16, ε
   4–6× faster, same values); error ~ε₃₂·σ₁ absolute.
 - ``svd64``: the same in float64; the oracle.
 - Top-k singular vectors: subspace iteration on the float64 Gram with ``k + oversample`` columns and
-  ``n_iter`` iterations, then Rayleigh–Ritz. Each Gram iteration counts as two power iterations on X, so the
-  error in the j-th vector decays like (σ_{k+p+1}/σ_j)^(4·n_iter). The other side's vectors come from
-  U = X V Σ⁻¹. ``randomized_svd`` does the same directly on X (Halko et al. 2011) when no Gram is at hand.
+  ``n_iter`` iterations, then Rayleigh–Ritz. Each Gram iteration multiplies by XᵀX (σ²), so the angle between the
+  computed and the true top-k subspace decays like (σ_{k+p+1}/σ_k)^(2·n_iter), times the tangent of the random
+  start's angle (≲ 10); σ errors go like that angle squared. A flat spectrum with no gap after k has no
+  well-defined top-k subspace: then the vectors capture the top energy to that accuracy instead (tested). The other
+  side's vectors come from U = X V Σ⁻¹. ``randomized_svd`` does the same directly on X (Halko et al. 2011) when no
+  Gram is at hand: angle ~ (σ_{k+p+1}/σ_k)^(2·n_iter+1).
 
-Everything works on CUDA tensors too (float64 is used there as well; the Gram keeps it cheap).
+- Factored updates ΔW = s·B·A (LoRA, rank r ≪ min(m, n)): :class:`Factored`. QR of both factors and one r×r SVD
+  give ΔW's exact thin SVD in O((m + n)·r²) instead of O(m·n·min(m, n)); ``dense()`` only on demand.
+- Principal angles between subspaces (:func:`principal_angles`): sines for small angles, cosines for large,
+  as in Knyazev & Argentati (2002) and ``scipy.linalg.subspace_angles``: exact to ~ε₆₄ at every angle, where
+  arccos of the cosines alone loses everything below ~1e-8 rad.
+
+Everything works on CUDA tensors too (float64 is used there as well; the Gram keeps it cheap). The only
+CPU-pinned path is :func:`exact_svd` with ``cpu=True``, which SPEC §4 asks for (W₀ vs W_t principal angles).
+:data:`COUNTS` counts the decompositions done (tests and ``bench/`` check the one-per-(module, step) rule).
 """
 from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -24,6 +38,20 @@ import torch
 EPS32 = float(np.finfo(np.float32).eps)
 BLOCK_ELEMS = 1 << 23  # rows per float64 block are chosen so a block holds ~8M elements (64 MB)
 METHODS = ("gram", "svd", "svd64")
+#: decompositions done so far, by kind ("gram" (forming XᵀX), "gram_eigvalsh", "svdvals", "gram_topk",
+#: "randomized", "svd64", "gram_svd", "factored"); the counter only grows, callers diff it
+COUNTS: Counter = Counter()
+
+
+def frobenius(x: torch.Tensor) -> float:
+    """‖x‖_F accumulated in float64, in blocks (no whole-tensor float64 copy).
+
+    >>> frobenius(torch.tensor([[3., 4.]]))
+    5.0
+    """
+    flat = x.reshape(-1)
+    return sum(float(torch.linalg.vector_norm(flat[i:i + BLOCK_ELEMS], dtype=torch.float64)) ** 2
+               for i in range(0, flat.numel(), BLOCK_ELEMS)) ** 0.5
 
 
 def gram(x: torch.Tensor) -> tuple[torch.Tensor, str]:
@@ -36,6 +64,7 @@ def gram(x: torch.Tensor) -> tuple[torch.Tensor, str]:
     >>> side, g.diagonal().tolist()
     ('right', [1.0, 4.0])
     """
+    COUNTS["gram"] += 1
     m, n = x.shape
     side = "right" if m >= n else "left"
     a = x if side == "right" else x.T  # tall: (big, small)
@@ -50,6 +79,7 @@ def gram(x: torch.Tensor) -> tuple[torch.Tensor, str]:
 
 def eigh_spectrum(g: torch.Tensor) -> np.ndarray:
     """Singular values (descending, float64) from a Gram matrix's eigenvalues."""
+    COUNTS["gram_eigvalsh"] += 1
     lam = torch.linalg.eigvalsh(g).flip(0).clamp_min(0)
     return lam.sqrt().cpu().numpy()
 
@@ -64,6 +94,7 @@ def singular_values(x: torch.Tensor, method: str = "gram") -> np.ndarray:
         return eigh_spectrum(gram(x)[0])
     if method not in METHODS:
         raise ValueError(f"unknown spectrum method {method!r}; choose from {METHODS}")
+    COUNTS["svdvals"] += 1
     tall = x if x.shape[0] >= x.shape[1] else x.T
     dtype = torch.float64 if method == "svd64" else torch.float32
     return torch.linalg.svdvals(tall.to(dtype)).to(torch.float64).cpu().numpy()
@@ -86,6 +117,7 @@ def gram_top_vectors(g: torch.Tensor, k: int, *, oversample: int = 10, n_iter: i
 
     Falls back to a full ``eigh`` when k + oversample covers most of the matrix.
     """
+    COUNTS["gram_topk"] += 1
     s = g.shape[0]
     k = min(k, s)
     width = min(s, k + oversample)
@@ -125,6 +157,7 @@ def randomized_svd(x: torch.Tensor, k: int, *, oversample: int = 10, n_iter: int
 
     With 2 power iterations σ₁ was 2–13 % off for flat spectra; 6 (the default) gave 1e-4 to 1e-2.
     """
+    COUNTS["randomized"] += 1
     m, n = x.shape
     k = min(k, m, n)
     width = min(m, n, k + oversample)
@@ -137,7 +170,121 @@ def randomized_svd(x: torch.Tensor, k: int, *, oversample: int = 10, n_iter: int
     return (q @ ub)[:, :k], s[:k], vh[:k].T
 
 
-def exact_svd(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Full thin SVD in float64: (U, σ, V) with X = U diag(σ) Vᵀ. The oracle, and SPEC §4's principal angles."""
-    u, s, vh = torch.linalg.svd(x.to(torch.float64), full_matrices=False)
+def exact_svd(x: torch.Tensor, *, cpu: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Full thin SVD in float64: (U, σ, V) with X = U diag(σ) Vᵀ. The oracle, and SPEC §4's principal angles.
+
+    A wide matrix is decomposed as its transpose (LAPACK is 1.5–2× faster on the tall side, same result).
+    ``cpu=True`` moves it to the CPU first (SPEC §4 pins W₀-vs-W_t geometry to float64 on the CPU).
+
+    >>> u, s, v = exact_svd(torch.tensor([[0., 2.], [1., 0.]]))
+    >>> s.tolist(), (u @ torch.diag(s) @ v.T).tolist()
+    ([2.0, 1.0], [[0.0, 2.0], [1.0, 0.0]])
+    """
+    COUNTS["svd64"] += 1
+    x = x.to("cpu" if cpu else x.device, torch.float64)
+    if x.shape[0] < x.shape[1]:
+        v, s, uh = torch.linalg.svd(x.T, full_matrices=False)
+        return uh.T, s, v
+    u, s, vh = torch.linalg.svd(x, full_matrices=False)
     return u, s, vh.T
+
+
+def gram_svd(x: torch.Tensor, k: int, *, cpu: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Top-k (U, σ, V) from the float64 Gram on the small side (``eigh``), the other side as X V Σ⁻¹.
+
+    3–6× faster than :func:`exact_svd` on a 896×4864 matrix. Errors: eigenvector j is off by
+    ~ε₆₄·σ₁² / (σ_j² − σ_{j+1}²), i.e. σ₁/(2σ_j) times the SVD's own ~ε₆₄·σ₁/(σ_j − σ_{j+1}); for weight matrices
+    (σ₁/σ_k ≲ 1e3) that is still ≲ 1e-12 rad for any subspace with a relative gap above 1e-3.
+    """
+    COUNTS["gram_svd"] += 1
+    x = x.to("cpu" if cpu else x.device, torch.float64)
+    g, side = gram(x)
+    lam, vec = torch.linalg.eigh(g)
+    k = min(k, g.shape[0])
+    vec, sig = vec[:, -k:].flip(1), lam[-k:].flip(0).clamp_min(0).sqrt()
+    other = other_side(x, vec, sig, side)
+    return (other, sig, vec) if side == "right" else (vec, sig, other)
+
+
+def principal_angles(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Principal angles (radians, ascending) between span(A) and span(B), A and B with orthonormal columns.
+
+    cos θ from the singular values of AᵀB, sin θ from those of B − A(AᵀB); each angle is taken from whichever is
+    better conditioned (sine below 45°), so angles of 1e-12 rad come out right.
+
+    >>> a = np.eye(3)[:, :2]; b = np.array([[1, 0], [0, np.cos(1e-9)], [0, np.sin(1e-9)]])
+    >>> principal_angles(a, b).tolist()
+    [0.0, 1e-09]
+    """
+    a = torch.as_tensor(a, dtype=torch.float64).cpu()
+    b = torch.as_tensor(b, dtype=torch.float64)
+    b = b.to(a.device)
+    if a.shape[1] < b.shape[1]:
+        a, b = b, a
+    m = a.T @ b                                           # (ka, kb)
+    cos = torch.linalg.svdvals(m).clamp(0, 1).flip(0)     # ascending -> angles descending
+    sin = torch.linalg.svdvals(b - a @ m).clamp(0, 1)     # descending -> angles descending
+    theta = torch.where(cos ** 2 >= 0.5, torch.arcsin(sin[: cos.numel()]), torch.arccos(cos))
+    return theta.flip(0).numpy()
+
+
+@dataclass(frozen=True)
+class Factored:
+    """A matrix held as ``scale · B @ A`` with B (m×r), A (r×n): a LoRA update, never materialised unless asked.
+
+    Everything the engine does to a stored tensor has a factored twin: ``.T`` (stored (in, out) layouts),
+    ``rows`` (fused q/k/v slices), ``-`` (step-to-step updates: rank ≤ r₁ + r₂) and :meth:`svd` (exact thin SVD).
+
+    >>> f = Factored(torch.ones(3, 1), torch.ones(1, 2), 2.0)
+    >>> f.shape, f.dense().tolist(), [round(x, 6) for x in f.svd()[1].tolist()]
+    ((3, 2), [[2.0, 2.0], [2.0, 2.0], [2.0, 2.0]], [4.898979])
+    """
+
+    b: torch.Tensor  # (m, r)
+    a: torch.Tensor  # (r, n)
+    scale: float = 1.0
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.b.shape[0], self.a.shape[1])
+
+    @property
+    def ndim(self) -> int:
+        return 2
+
+    @property
+    def rank_bound(self) -> int:
+        return self.b.shape[1]
+
+    @property
+    def T(self) -> "Factored":  # noqa: N802  (mirrors Tensor.T)
+        return Factored(self.a.T, self.b.T, self.scale)
+
+    def rows(self, start: int, stop: int) -> "Factored":
+        return Factored(self.b[start:stop], self.a, self.scale)
+
+    def to(self, device) -> "Factored":
+        return Factored(self.b.to(device), self.a.to(device), self.scale)
+
+    def __sub__(self, other: "Factored") -> "Factored":
+        """self − other as one factorisation [B₁, B₂]·[s₁A₁; −s₂A₂] (scale folded into A)."""
+        if self.shape != other.shape:
+            raise ValueError(f"shapes differ: {self.shape} vs {other.shape}")
+        b = torch.cat([self.b.to(torch.float64), other.b.to(torch.float64)], dim=1)
+        a = torch.cat([self.scale * self.a.to(torch.float64), -other.scale * other.a.to(torch.float64)], dim=0)
+        return Factored(b, a, 1.0)
+
+    def dense(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """s·B·A, computed in float64 and rounded once to ``dtype``."""
+        return (self.b.to(torch.float64) @ self.a.to(torch.float64)).mul_(self.scale).to(dtype)
+
+    def svd(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Exact thin SVD (U (m×r), σ (r,), V (n×r)), float64: B = Q_B R_B, Aᵀ = Q_A R_A, s·R_B R_Aᵀ = U_c Σ V_cᵀ.
+
+        Columns beyond the factors' rank carry σ = 0 (numerically ~ε₆₄·σ₁); callers cut at the numerical rank.
+        """
+        COUNTS["factored"] += 1
+        qb, rb = torch.linalg.qr(self.b.to(torch.float64))
+        qa, ra = torch.linalg.qr(self.a.to(torch.float64).T)
+        uc, s, vch = torch.linalg.svd(self.scale * (rb @ ra.T))
+        return qb @ uc, s, qa @ vch.T

@@ -7,6 +7,9 @@ Layouts (step N parsed from the directory name):
 - plain: ``run/step_N/``, ``run/step-N/``, ``run/stepN/``
 - a directory that is itself one checkpoint (step from its name, else ``trainer_state.json``'s
   ``global_step``, else 1)
+- any of these holding PEFT LoRA adapters (``adapter_model.safetensors`` + ``adapter_config.json``) instead of
+  weights: a LoRA run (:mod:`opd_dynamics.io.lora`), whose base is ``--base`` or the adapter's
+  ``base_model_name_or_path`` when that is a local directory; a step-0 adapter (B = 0) is dropped
 
 Trainers never save W₀ and ``config.json`` does not name it, so the base is ``base=DIR`` when given,
 else a step-0 checkpoint, else an error that says how to pass one.
@@ -21,6 +24,7 @@ from pathlib import Path
 
 from ..errors import CheckpointError, OPDError
 from .checkpoint import Checkpoint, has_weights
+from .lora import LoraCheckpoint, base_of, has_adapter
 
 _STEP_DIR = re.compile(r"^(?:checkpoint|global_step|step|iter|ckpt)[-_]?(\d+)$")
 
@@ -45,7 +49,7 @@ class Run:
 def _weights_dir(d: Path) -> Path | None:
     """The directory under a step directory that holds HF weights (verl nests them)."""
     for cand in (d, d / "actor" / "huggingface", d / "actor", d / "huggingface"):
-        if has_weights(cand):
+        if has_weights(cand) or has_adapter(cand):
             return cand
     return None
 
@@ -70,7 +74,7 @@ def find_steps(root: str | Path) -> dict[int, Path]:
         raise OPDError(f"{root}: no such directory", hint="check the path")
     if not root.is_dir():
         raise OPDError(f"{root}: not a directory", hint="point at the run's output directory")
-    if has_weights(root):
+    if has_weights(root) or has_adapter(root):
         return {_single_step(root): root}
     found: dict[int, Path] = {}
     unreadable: list[Path] = []
@@ -113,7 +117,8 @@ def powers_of_two_missing(steps) -> list[int]:
 
 
 def open_run(root: str | Path, *, base: str | Path | None = None, name: str | None = None,
-             steps: list[int] | None = None, allow_pickle: bool = False, warn_missing: bool = True) -> Run:
+             steps: list[int] | None = None, allow_pickle: bool = False, warn_missing: bool = True,
+             lora_scaling: float | None = None) -> Run:
     """Discover a run's checkpoints and its base.
 
     Args:
@@ -122,9 +127,19 @@ def open_run(root: str | Path, *, base: str | Path | None = None, name: str | No
         name: label for the ``run`` column (default: the directory name).
         steps: keep only these steps (default: all found, step 0 excluded since it is the base).
         allow_pickle: also read ``pytorch_model.bin`` (with ``weights_only=True``).
+        lora_scaling: for LoRA runs, the scaling s in ΔW = s·B·A, overriding adapter_config.json's α/r.
     """
     root = Path(root)
     found = find_steps(root)
+    lora = {s: p for s, p in found.items() if not has_weights(p)}  # adapter-only step directories
+    if lora and len(lora) != len(found):
+        raise OPDError(f"{root}: mixes LoRA adapters ({sorted(lora)}) and full checkpoints "
+                       f"({sorted(set(found) - set(lora))})", hint="analyse them as separate runs")
+    if lora:
+        found.pop(0, None)  # a step-0 adapter is the initialisation (B = 0), not W₀
+        if not found:
+            raise OPDError(f"{root}: only a step-0 adapter, nothing to compare", hint="point at a run with saved steps")
+        base = base if base is not None else base_of(next(iter(found.values())))
     if base is not None:
         base_ck = Checkpoint(_weights_dir(Path(base)) or Path(base), allow_pickle=allow_pickle)
     elif 0 in found:
@@ -146,5 +161,9 @@ def open_run(root: str | Path, *, base: str | Path | None = None, name: str | No
         if missing and len(found) > 1:
             warnings.warn(f"{root}: steps {missing} are missing (save_total_limit rotation?); "
                           "EffOPD replay needs every power of two", stacklevel=2)
-    ckpts = {s: Checkpoint(p, allow_pickle=allow_pickle) for s, p in sorted(found.items())}
+    if lora:
+        ckpts = {s: LoraCheckpoint(p, base_ck, allow_pickle=allow_pickle, scaling=lora_scaling)
+                 for s, p in sorted(found.items())}
+    else:
+        ckpts = {s: Checkpoint(p, allow_pickle=allow_pickle) for s, p in sorted(found.items())}
     return Run(name or root.name, root, base_ck, ckpts)

@@ -74,6 +74,9 @@ def subspace_locking(k: int = 16):
     return _ToFinal(k, "right", "subspace")
 
 
+MOTION_TOL = 1e-7
+
+
 class _Rank1PCA:
     def collect(self, view):
         if view.spectrum.rank == 0:
@@ -95,7 +98,10 @@ class _Rank1PCA:
         x = np.stack(rows)
         x = x - x.mean(axis=0)
         sv = np.linalg.svd(x, compute_uv=False) ** 2
-        evr = sv / sv.sum() if sv.sum() > 0 else np.full_like(sv, math.nan)
+        # u₁ that does not move (RMS displacement below ~1e-7, the Gram path's vector accuracy) has no principal
+        # direction of motion: its "EVR" would be the PCA of rounding noise, so report NaN
+        moved = sv.sum() > len(rows) * MOTION_TOL ** 2
+        evr = sv / sv.sum() if moved else np.full_like(sv, math.nan)
         return {last: {"rank1_pca_evr1": float(evr[0]), "rank1_pca_evr2": float(evr[1])}}
 
 

@@ -11,19 +11,23 @@ import torch
 from .registry import metric
 
 
-def fro(x: torch.Tensor) -> float:
-    """‖x‖_F accumulated in float64.
+def fro(x: torch.Tensor, block: int = 1 << 23) -> float:
+    """‖x‖_F accumulated in float64, in blocks (a bf16 input would otherwise be upcast whole).
 
     >>> fro(torch.tensor([[3., 4.]]))
     5.0
     """
-    return float(torch.linalg.vector_norm(x, dtype=torch.float64))
+    flat = x.reshape(-1)
+    total = 0.0
+    for i in range(0, flat.numel(), block):
+        total += float(torch.linalg.vector_norm(flat[i:i + block], dtype=torch.float64)) ** 2
+    return total ** 0.5
 
 
 @metric("frobenius", family="norms", matrix=False, bounds=(0, math.inf), paper="EffOPD App. B")
 def frobenius():
     """‖ΔW‖_F = sqrt(Σσᵢ²): the size of the update."""
-    return lambda view: fro(view.delta)
+    return lambda view: view.delta_norm  # = fro(view.delta); from the factors' σ for LoRA, without forming ΔW
 
 
 @metric("relative_update", family="norms", matrix=False, bounds=(0, math.inf), paper="EffOPD App. B")
