@@ -1,0 +1,52 @@
+"""Scoring a model during training: verifier accuracy and, with a teacher, the token diagnostics.
+
+``Evaluator(model)`` returns a dict merged into the training log:
+
+- ``eval_accuracy``: share of ``examples`` whose greedy generation the task's verifier accepts;
+- with a ``teacher``: the SPEC §7 diagnostics (:mod:`.diagnostics`) on student rollouts — one
+  sampled response (temperature 1) to each of the first ``diagnostic_prompts`` examples, scored by
+  both models at the student-visited prefixes.
+
+The rollouts use their own generator, re-seeded on every call, so evaluating never changes what
+training samples next, and two evaluations of the same weights give the same numbers.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from .diagnostics import K, token_diagnostics
+from .generation import generate, response_logits
+from .task import Example, Task
+
+
+def accuracy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task,
+             examples: list[Example], batch_size: int = 256) -> float:
+    """Greedy-decoding accuracy under ``task.verify``."""
+    correct = 0
+    for i in range(0, len(examples), batch_size):
+        batch = examples[i:i + batch_size]
+        texts = generate(model, tokenizer, [ex.prompt for ex in batch], task.max_new_tokens, 0.0).texts
+        correct += sum(task.verify(t, ex.answer) for t, ex in zip(texts, batch))
+    return correct / max(len(examples), 1)
+
+
+class Evaluator:
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, task: Task, examples: list[Example],
+                 teacher: PreTrainedModel | None = None, diagnostic_prompts: int = 64, k: int = K,
+                 seed: int = 0):
+        self.tokenizer, self.task, self.examples, self.teacher = tokenizer, task, examples, teacher
+        self.diagnostic_prompts, self.k, self.seed = diagnostic_prompts, k, seed
+
+    @torch.no_grad()
+    def __call__(self, model: PreTrainedModel) -> dict[str, float]:
+        logs = {"eval_accuracy": accuracy(model, self.tokenizer, self.task, self.examples)}
+        if self.teacher is not None and self.diagnostic_prompts > 0:
+            prompts = [ex.prompt for ex in self.examples[:self.diagnostic_prompts]]
+            rollout = generate(model, self.tokenizer, prompts, self.task.max_new_tokens, 1.0,
+                               torch.Generator().manual_seed(self.seed))
+            logs.update(token_diagnostics(response_logits(model, rollout),
+                                          response_logits(self.teacher, rollout),
+                                          rollout.response_mask, k=self.k))
+        return logs
