@@ -1,0 +1,187 @@
+"""Evaluator plug-ins: decorated factories, a frozen ``EvalSpec`` that rebuilds any of them, did-you-mean lookup.
+
+An evaluator factory takes an :class:`EvalContext` (the task, the tokenizer, reference-model directories) and its
+settings as keyword arguments, and returns ``score(model) -> float``. :meth:`EvalSpec.build` wraps that into an
+:class:`Evaluator`, **the contract the intervention engine and EffOPD use**::
+
+    ev = EvalSpec.parse("accuracy:split=validation,limit=50").build(ctx)
+    ev(model) -> float      # higher is better, always (``kl`` returns −KL)
+    ev.name                 # "accuracy:limit=50,split=validation" (the table's ``metric``)
+    ev.higher_is_better     # True for every built-in; a plug-in may say False
+    ev.bounds, ev.unit      # facts for plots and reports
+
+Scoring is deterministic: fixed examples in a fixed order, fixed batches, sampling from a generator re-seeded on
+every call. Third-party packages register factories under the entry-point group ``opd_dynamics.evaluators``.
+
+>>> spec = EvalSpec.parse("accuracy:samples=4,seed=1")
+>>> spec, EvalSpec.from_json(spec.to_json()) == spec, spec.label
+(EvalSpec(name='accuracy', args={'samples': 4, 'seed': 1}), True, 'accuracy:samples=4,seed=1')
+"""
+from __future__ import annotations
+
+import difflib
+import inspect
+import json
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from ..errors import SelectionError
+
+ENTRY_POINT_GROUP = "opd_dynamics.evaluators"
+
+
+@dataclass(frozen=True)
+class EvalContext:
+    """What every evaluator may use: the task, the tokenizer, and directories of reference models by name
+    (``teacher``, ``final`` = the run's last checkpoint). ``progress`` shows tqdm bars on stderr."""
+
+    task: Any
+    tokenizer: Any
+    references: dict[str, Path] = field(default_factory=dict)
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class EvaluatorInfo:
+    name: str
+    factory: Callable[..., Callable[[Any], float]]
+    higher_is_better: bool = True
+    bounds: tuple[float, float] | None = None
+    unit: str = ""
+
+    @property
+    def summary(self) -> str:
+        doc = inspect.getdoc(self.factory) or ""
+        return doc.splitlines()[0] if doc else ""
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        sig = inspect.signature(self.factory)
+        return {k: p.default for k, p in sig.parameters.items() if p.default is not inspect.Parameter.empty}
+
+
+REGISTRY: dict[str, EvaluatorInfo] = {}
+
+
+def evaluator(name: str, *, higher_is_better: bool = True, bounds: tuple[float, float] | None = None,
+              unit: str = "") -> Callable:
+    """Register an evaluator factory ``factory(ctx, **settings) -> score(model)`` under ``name``."""
+
+    def wrap(factory):
+        if name in REGISTRY and REGISTRY[name].factory is not factory:
+            raise ValueError(f"evaluator {name!r} registered twice")
+        REGISTRY[name] = EvaluatorInfo(name, factory, higher_is_better, bounds, unit)
+        factory.evaluator_info = REGISTRY[name]
+        return factory
+
+    return wrap
+
+
+_entry_points_loaded = False
+
+
+def available() -> dict[str, EvaluatorInfo]:
+    """All registered evaluators (built-ins and entry points), by name."""
+    global _entry_points_loaded
+    from . import accuracy, kl, loglik  # noqa: F401  (registration side effect)
+
+    if not _entry_points_loaded:
+        _entry_points_loaded = True
+        for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+            ep.load()
+    return dict(sorted(REGISTRY.items()))
+
+
+def get(name: str) -> EvaluatorInfo:
+    """Look an evaluator up; an unknown name is answered with the nearest valid names."""
+    known = available()
+    if name not in known:
+        near = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+        hint = f"did you mean {', '.join(near)}?" if near else f"choose from: {', '.join(known)}"
+        raise SelectionError(f"unknown evaluator {name!r}", hint=hint)
+    return known[name]
+
+
+@dataclass(frozen=True)
+class Evaluator:
+    """A built evaluator: ``ev(model) -> float`` (no grad, eval mode, the model's train flag restored)."""
+
+    name: str
+    spec: "EvalSpec"
+    score: Callable[[Any], float]
+    higher_is_better: bool = True
+    bounds: tuple[float, float] | None = None
+    unit: str = ""
+
+    def __call__(self, model) -> float:
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                return float(self.score(model))
+        finally:
+            model.train(was_training)
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    """An evaluator name plus its settings: enough to rebuild it from a manifest."""
+
+    name: str
+    args: dict[str, Any] = field(default_factory=dict)
+
+    def __hash__(self) -> int:
+        return hash(self.label)
+
+    @property
+    def label(self) -> str:
+        """``name`` or ``name:k=v,…`` with sorted keys: the table's ``metric`` value."""
+        if not self.args:
+            return self.name
+        return self.name + ":" + ",".join(f"{k}={json.dumps(v) if not isinstance(v, str) else v}"
+                                          for k, v in sorted(self.args.items()))
+
+    @classmethod
+    def parse(cls, text: str) -> "EvalSpec":
+        """``name`` or ``name:key=value,key=value`` (values parsed as JSON when they can be)."""
+        name, _, rest = text.partition(":")
+        args = {}
+        for item in filter(None, rest.split(",")):
+            key, eq, value = item.partition("=")
+            if not eq:
+                raise SelectionError(f"evaluator setting {item!r} in {text!r} lacks '='", hint="write name:key=value")
+            try:
+                args[key.strip()] = json.loads(value.strip())
+            except json.JSONDecodeError:
+                args[key.strip()] = value.strip()
+        return cls(name.strip(), args)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "args": dict(self.args)}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "EvalSpec":
+        return cls(d["name"], dict(d.get("args", {})))
+
+    @property
+    def info(self) -> EvaluatorInfo:
+        return get(self.name)
+
+    def check(self) -> None:
+        """Fail on an unknown name or settings before any model is loaded."""
+        info = self.info
+        try:
+            inspect.signature(info.factory).bind(None, **self.args)
+        except TypeError:
+            raise SelectionError(f"evaluator {self.name!r} does not take settings {sorted(self.args)}",
+                                 hint=f"its settings are {info.defaults}") from None
+
+    def build(self, ctx: EvalContext) -> Evaluator:
+        self.check()
+        info = self.info
+        return Evaluator(self.label, self, info.factory(ctx, **self.args), info.higher_is_better, info.bounds,
+                         info.unit)
