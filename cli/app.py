@@ -115,6 +115,21 @@ def demo(out: Annotated[Path, typer.Argument(help="Where to write the demo runs 
     run_demo(out, small=small, progress=not quiet, echo=typer.echo)
 
 
+def _mount_subcommands() -> None:
+    from opd_dynamics_cli import interventions
+
+    app.add_typer(interventions.app, name="interventions",
+                  help="Edit-and-score studies: sliding windows, norm scaling, spectral partitions, …")
+    from opd_dynamics_cli import effopd
+
+    app.add_typer(effopd.app, name="effopd", help="EffOPD extrapolation: offline replay on saved runs.")
+    app.command("replay", epilog="**Example**\n\n    opd-dynamics replay studies/sliding/manifest.json")(
+        interventions.replay_cmd)
+
+
+_mount_subcommands()
+
+
 def _split_specs(text: str) -> list[str]:
     """Split ``a,b:k=1,side=left,c`` into specs: a comma starts a new spec only before a name without '='."""
     out: list[str] = []
