@@ -106,13 +106,20 @@ def report(results: Annotated[list[Path], typer.Argument(help="Directories writt
 
 
 @app.command(epilog="**Examples**\n\n    opd-dynamics demo\n\n    opd-dynamics demo demo-out --small")
-def demo(out: Annotated[Path, typer.Argument(help="Where to write the demo runs and results.")] = Path("demo-out"),
-         small: Annotated[bool, typer.Option("--small", help="Tiny preset (seconds), for tests.")] = False,
+def demo(out: Annotated[Path, typer.Argument(help="Where to write the runs, results and report.")] = Path("demo-out"),
+         preset: Annotated[str, typer.Option(help="default (a few minutes on 2 cores), small (~1 min) or tiny (seconds; learns little).")] = "default",
+         small: Annotated[bool, typer.Option("--small", help="Same as --preset small.")] = False,
+         seed: Annotated[int, typer.Option(help="Seed of the task, the models and the runs.")] = 0,
+         report: Annotated[bool, typer.Option(help="Also write the HTML report (out/report/index.html).")] = True,
          quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False) -> None:
-    """Build the built-in demo runs, analyse them and print the Table-1 comparison."""
+    """Train the built-in reference runs (teacher, W0, OPD / RL / SFT), analyse them and print the comparison."""
     from opd_dynamics.demo import run_demo
+    from opd_dynamics.lab.presets import PRESETS
 
-    run_demo(out, small=small, progress=not quiet, echo=typer.echo)
+    preset = "small" if small else preset
+    if preset not in PRESETS:
+        raise OPDError(f"--preset {preset!r} unknown", hint=f"use one of {', '.join(PRESETS)}")
+    run_demo(out, preset=preset, seed=seed, report=report, progress=not quiet, echo=typer.echo)
 
 
 def _mount_subcommands() -> None:

@@ -7,7 +7,7 @@ from .table import BODY_KINDS, KIND, METRIC, RUN, STEP, VALUE
 
 ORDER = ("spectral_norm", "spectral_ratio", "effective_rank", "top1pct_ratio", "stable_rank",
          "alignment_to_final", "subspace_locking", "frobenius", "relative_update")
-PERCENT = {"spectral_ratio", "top1pct_ratio", "alignment_to_final", "subspace_locking"}
+PERCENT = {"spectral_ratio", "top1pct_ratio", "alignment_to_final", "subspace_locking", "sparsity_bf16"}
 
 
 def table1(df: pd.DataFrame, *, final_only: bool = False) -> pd.DataFrame:
@@ -30,7 +30,7 @@ def format_table(wide: pd.DataFrame) -> str:
     shown = wide.copy()
     for c in shown.columns:
         if c in PERCENT:
-            shown[c] = shown[c].map(lambda v: f"{100 * v:.1f}%")
+            shown[c] = shown[c].map(lambda v: "—" if v != v else f"{100 * v:.1f}%")
         elif c not in (RUN, STEP):
-            shown[c] = shown[c].map(lambda v: f"{v:.4g}")
+            shown[c] = shown[c].map(lambda v: "—" if v != v else f"{v:.4g}")
     return shown.to_string(index=False)

@@ -61,7 +61,10 @@ def make_synthetic_runs(out_dir, *, steps=(1, 2, 4, 8, 16, 32), kinds=("opd", "r
     out = Path(out_dir)
     model = tiny_llama(hidden, layers, vocab, seed=seed)
     tdtype = getattr(torch, dtype)
-    model.to(tdtype).save_pretrained(out / "base", safe_serialization=True)
+    from .lab.checkpoints import quiet_saving
+
+    with quiet_saving():
+        model.to(tdtype).save_pretrained(out / "base", safe_serialization=True)
     base = {k: v.detach().to(torch.float64) for k, v in model.state_dict().items()}
     config = (out / "base" / "config.json").read_text()
     paths = {"base": out / "base"}

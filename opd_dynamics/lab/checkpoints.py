@@ -20,6 +20,7 @@ A directory is written under a temporary name and renamed, so a crash never leav
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import shutil
@@ -30,6 +31,20 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
+
+
+@contextlib.contextmanager
+def quiet_saving():
+    """Silence transformers' "Writing model shards" bar for one save (our own bars report progress)."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
 
 def checkpoint_steps(total: int, every: int = 0) -> list[int]:
     """Powers of two ≤ total, multiples of ``every`` (0: none) and ``total`` itself, sorted."""
@@ -56,7 +71,8 @@ def save_model_dir(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, p
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     # a copy, because casting in place would round the weights training continues from
-    copy.deepcopy(model).to(torch_dtype(dtype)).save_pretrained(tmp, safe_serialization=True)
+    with quiet_saving():
+        copy.deepcopy(model).to(torch_dtype(dtype)).save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     for name, obj in (extra or {}).items():
         (tmp / name).write_text(json.dumps(obj, indent=2) + "\n")
