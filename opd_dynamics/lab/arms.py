@@ -4,10 +4,11 @@
 calls to make one more run from the same W₀: with a different seed, or with ``step_hooks`` (an
 EffOPD extrapolation search, say) called after every optimizer step.
 
-All three arms read the same prompt stream (same ``seed``), take ``run_steps`` AdamW steps at
-``run_lr``, and per step see ``prompts_per_step × group_size`` responses: the student's own for OPD
-and GRPO, verifier-accepted teacher samples for SFT. Each evaluation logs validation accuracy and
-the token diagnostics against the teacher, so the three runs are measured the same way.
+All three arms read the same prompt stream (same ``seed``), take ``run_steps`` AdamW steps with the
+same warm-up, at ``run_lr`` (OPD, SFT) or ``rl_lr`` (GRPO; see :mod:`.presets`), and per step
+see ``prompts_per_step × group_size`` responses: the student's own for OPD and GRPO,
+verifier-accepted teacher samples for SFT. Each evaluation logs validation accuracy and the token
+diagnostics against the teacher, so the three runs are measured the same way.
 """
 
 from __future__ import annotations
@@ -75,7 +76,8 @@ def run_arm(arm: str, base: PreTrainedModel, teacher: PreTrainedModel, tokenizer
         model = copy.deepcopy(base)
         evaluator = Evaluator(tokenizer, task, task.examples("validation"), teacher=teacher,
                               diagnostic_prompts=p.diagnostic_prompts, seed=seed)
-        config = TrainConfig(steps=p.run_steps, lr=p.run_lr, warmup=p.run_warmup, save_every=p.save_every,
+        lr = p.rl_lr if arm == "rl" and p.rl_lr is not None else p.run_lr
+        config = TrainConfig(steps=p.run_steps, lr=lr, warmup=p.run_warmup, save_every=p.save_every,
                              dtype=dtype)
         history = train(model, tokenizer, step, config, evaluate=evaluator, run_dir=run_dir,
                         step_hooks=step_hooks, desc=arm, progress=progress)
