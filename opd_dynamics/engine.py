@@ -16,7 +16,9 @@ LoRA runs (:mod:`opd_dynamics.io.lora`): a step's tensor is then either dense (`
 """
 from __future__ import annotations
 
+import ctypes
 import math
+import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,6 +29,7 @@ from tqdm.auto import tqdm
 
 from .errors import CheckpointError, OPDError
 from .io.discovery import Run
+from . import linalg
 from .linalg import Factored
 from .metrics.registry import Spec
 from .naming import Part, parts
@@ -78,17 +81,61 @@ def plan(run: Run, selector: Selector) -> list[TensorPlan]:
     return out
 
 
-def _prefetched(tasks: Iterable[Callable[[], object]]) -> Iterator[object]:
-    """Run read tasks one ahead on a worker thread, yielding results in order."""
+#: tensors larger than this are not read ahead: overlapping their read with the previous compute would add one more
+#: copy of the largest tensor (an embedding) to peak memory, for a read that is a small share of its compute
+PREFETCH_MAX_BYTES = 64 * 2**20
+
+
+def _prefetched(tasks: Iterable[tuple[Callable[[], object], int]]) -> Iterator[object]:
+    """Run read tasks one ahead on a worker thread, yielding results in order; big ones are read on demand."""
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending = None
-        for task in tasks:
+        for task, nbytes in tasks:
+            if nbytes > PREFETCH_MAX_BYTES:
+                if pending is not None:
+                    yield pending.result()
+                    pending = None
+                yield pool.submit(task).result()
+                continue
             fut = pool.submit(task)
             if pending is not None:
                 yield pending.result()
             pending = fut
         if pending is not None:
             yield pending.result()
+
+
+_HEAP_LIMITED = False
+
+
+def limit_heap_growth(threshold: int = 1 << 20) -> bool:
+    """Ask glibc to serve allocations ≥ ``threshold`` bytes with mmap, so freed tensors go back to the OS.
+
+    Why: the loop allocates and frees tensor-sized buffers of many sizes from two threads; glibc's default
+    (a dynamic threshold that grows to 32 MB) keeps freed multi-MB blocks in fragmented heaps, and peak RSS on a
+    Qwen2-0.5B-shaped model rose from 1.5 GB to 2.5 GB. Called once per process by :func:`run_metrics`; set
+    ``OPD_DYNAMICS_KEEP_MALLOC=1`` to leave the allocator alone. A no-op off glibc.
+    """
+    global _HEAP_LIMITED
+    if _HEAP_LIMITED or os.environ.get("OPD_DYNAMICS_KEEP_MALLOC"):
+        return _HEAP_LIMITED
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        _HEAP_LIMITED = bool(libc.mallopt(-3, int(threshold)))  # -3 = M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        _HEAP_LIMITED = False
+    return _HEAP_LIMITED
+
+
+def _nbytes(ck, name: str) -> int:
+    try:
+        shape, dtype = ck.shape(name), ck.dtype(name)
+    except (AttributeError, KeyError, Exception):
+        return 0
+    n = 1
+    for d in shape:
+        n *= d
+    return n * dtype.itemsize
 
 
 def _read(ck, name: str, device: torch.device) -> Callable[[], torch.Tensor | Factored]:
@@ -136,6 +183,7 @@ def run_metrics(runs: list[Run], specs: list[Spec], *, selector: Selector = Sele
     if nonfinite not in ("error", "nan"):
         raise OPDError(f"--nonfinite {nonfinite!r} not understood", hint="use error or nan")
     device = torch.device(device)
+    limit_heap_growth()
     built = [(s, s.info, s.build()) for s in specs]
     keep_after = any(info.needs_after for _, info, _ in built)
     plans = [p for run in runs for p in plan(run, selector)]
@@ -148,9 +196,8 @@ def run_metrics(runs: list[Run], specs: list[Spec], *, selector: Selector = Sele
 
     def tasks():
         for p, refs in schedule:
-            yield _read(p.run.base if first == 0 else p.run.steps[first], p.tensor, device)
-            for step in refs:
-                yield _read(p.run.steps[step], p.tensor, device)
+            for ck in [p.run.base if first == 0 else p.run.steps[first]] + [p.run.steps[s] for s in refs]:
+                yield _read(ck, p.tensor, device), _nbytes(ck, p.tensor)
 
     stream = _prefetched(tasks())
     try:
@@ -205,7 +252,7 @@ def _update(raw, ref_raw, ref_step: int, base: _Base, part: Part, keep_after: bo
     """(ΔW, W_ref, W_t or None) for one part; ΔW stays factored when both ends are W₀ + factored updates."""
     if not isinstance(raw, Factored) and not isinstance(ref_raw, Factored):
         ref_part = _part(ref_raw, part)
-        delta = _part(raw, part).to(torch.float32, copy=True).sub_(ref_part)
+        delta = linalg.difference(_part(raw, part), ref_part)
         return delta, ref_part, (_part(raw, part) if keep_after else None)
     ref_part = _dense(ref_raw, base, part)
     after = _dense(raw, base, part) if keep_after else None
@@ -213,7 +260,7 @@ def _update(raw, ref_raw, ref_step: int, base: _Base, part: Part, keep_after: bo
         delta = _part(raw, part) if ref_step == 0 else _part(raw, part) - _part(ref_raw, part)
     else:  # a dense state on one side (modules_to_save): no factored form
         w_t = after if after is not None else _dense(raw, base, part)
-        delta = w_t.to(torch.float32, copy=True).sub_(ref_part)
+        delta = linalg.difference(w_t, ref_part)
     return delta, ref_part, after
 
 

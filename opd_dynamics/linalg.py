@@ -36,22 +36,44 @@ import numpy as np
 import torch
 
 EPS32 = float(np.finfo(np.float32).eps)
-BLOCK_ELEMS = 1 << 23  # rows per float64 block are chosen so a block holds ~8M elements (64 MB)
+BLOCK_ELEMS = 1 << 22  # blocks of ~4M elements (32 MB in float64): bounded temporaries, BLAS-efficient
 METHODS = ("gram", "svd", "svd64")
 #: decompositions done so far, by kind ("gram" (forming XᵀX), "gram_eigvalsh", "svdvals", "gram_topk",
 #: "randomized", "svd64", "gram_svd", "factored"); the counter only grows, callers diff it
 COUNTS: Counter = Counter()
 
 
+def row_blocks(x: torch.Tensor):
+    """Views of ``x`` along its first dimension holding at most ~``BLOCK_ELEMS`` elements each (no copies)."""
+    if x.ndim == 0:
+        yield x.reshape(1)
+        return
+    per_row = max(1, x[0].numel()) if x.shape[0] else 1
+    rows = max(1, BLOCK_ELEMS // per_row)
+    for i in range(0, x.shape[0], rows):
+        yield x[i:i + rows]
+
+
 def frobenius(x: torch.Tensor) -> float:
-    """‖x‖_F accumulated in float64, in blocks (no whole-tensor float64 copy).
+    """‖x‖_F accumulated in float64, block by block (never a whole-tensor float64 or float32 copy).
 
     >>> frobenius(torch.tensor([[3., 4.]]))
     5.0
     """
-    flat = x.reshape(-1)
-    return sum(float(torch.linalg.vector_norm(flat[i:i + BLOCK_ELEMS], dtype=torch.float64)) ** 2
-               for i in range(0, flat.numel(), BLOCK_ELEMS)) ** 0.5
+    return sum(float(torch.linalg.vector_norm(b, dtype=torch.float64)) ** 2 for b in row_blocks(x)) ** 0.5
+
+
+def difference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a − b in float32 from tensors of any float dtypes; b is upcast block by block, so the only full-size
+    allocation is the result (a bf16 ``b`` would otherwise be upcast whole first).
+
+    >>> difference(torch.tensor([3., 4.]), torch.tensor([1., 1.], dtype=torch.bfloat16)).tolist()
+    [2.0, 3.0]
+    """
+    out = a.to(torch.float32, copy=True)
+    for o, bb in zip(row_blocks(out), row_blocks(b)):
+        o.sub_(bb)
+    return out
 
 
 def gram(x: torch.Tensor) -> tuple[torch.Tensor, str]:

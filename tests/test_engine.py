@@ -175,3 +175,33 @@ def test_bf16_base_with_fp32_checkpoints(tmp_path):
     got = df[(df.module == name) & (df.step == 1)].value.iloc[0]
     assert got == pytest.approx(float((w1 - w0).norm()), rel=1e-6)
     assert json.loads((bf["base"] / "config.json").read_text())
+
+
+def test_big_tensors_are_read_on_demand_with_identical_results(synthetic_runs, monkeypatch):
+    import opd_dynamics.engine as engine
+
+    a = analyze([synthetic_runs["opd"]], base=synthetic_runs["base"], progress=False)
+    monkeypatch.setattr(engine, "PREFETCH_MAX_BYTES", 2048)  # most tensors now count as "big"
+    run = open_run(synthetic_runs["opd"], base=synthetic_runs["base"])
+    rows = run_metrics([run], [Spec(m) for m in DEFAULT_METRICS], progress=False)
+    b = analyze([synthetic_runs["opd"]], base=synthetic_runs["base"], progress=False)
+    pd.testing.assert_frame_equal(a, b)
+    assert run.base.reads == len(run.base.keys()) and rows
+
+
+def test_blockwise_difference_and_norm_match_float64():
+    from opd_dynamics import linalg
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(700, 300, generator=g)
+    b = torch.randn(300, 700, generator=g).to(torch.bfloat16).T  # bf16 and non-contiguous, like a Conv1D view
+    monkey = linalg.BLOCK_ELEMS
+    try:
+        linalg.BLOCK_ELEMS = 5000  # force many blocks
+        d = linalg.difference(a, b)
+        f = linalg.frobenius(b)
+    finally:
+        linalg.BLOCK_ELEMS = monkey
+    assert d.dtype == torch.float32
+    assert torch.equal(d, a - b.float())
+    assert f == pytest.approx(float(b.double().norm()), rel=1e-12)

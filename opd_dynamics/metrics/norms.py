@@ -8,20 +8,17 @@ import math
 
 import torch
 
+from .. import linalg
 from .registry import metric
 
 
-def fro(x: torch.Tensor, block: int = 1 << 23) -> float:
-    """‖x‖_F accumulated in float64, in blocks (a bf16 input would otherwise be upcast whole).
+def fro(x: torch.Tensor) -> float:
+    """‖x‖_F accumulated in float64, block by block (see :func:`opd_dynamics.linalg.frobenius`).
 
     >>> fro(torch.tensor([[3., 4.]]))
     5.0
     """
-    flat = x.reshape(-1)
-    total = 0.0
-    for i in range(0, flat.numel(), block):
-        total += float(torch.linalg.vector_norm(flat[i:i + block], dtype=torch.float64)) ** 2
-    return total ** 0.5
+    return linalg.frobenius(x)
 
 
 @metric("frobenius", family="norms", matrix=False, bounds=(0, math.inf), paper="EffOPD App. B")
