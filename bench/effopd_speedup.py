@@ -63,16 +63,29 @@ def main() -> None:
     ap.add_argument("--preset", default="default")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--arms", nargs="+", default=["opd", "rl"])
+    ap.add_argument("--rl-seeds", type=int, nargs="*", default=None,
+                    help="seeds on which to run the rl arm too (default: every seed)")
     ap.add_argument("--out", default="/tmp/effopd-bench")
+    ap.add_argument("--from-json", nargs="*", default=None,
+                    help="summarise earlier runs' speedup.json files (e.g. one process per seed) instead of training")
     a = ap.parse_args()
     from opd_dynamics.lab import build_reference_runs
 
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     results = []
-    for seed in a.seeds:
+    if a.from_json is not None:
+        for f in a.from_json:
+            results += json.loads(Path(f).read_text())
+        for r in results:
+            r["clock"] = {int(k): v for k, v in r["clock"].items()}
+        a.seeds = sorted({r["seed"] for r in results})
+        a.arms = sorted({r["arm"] for r in results})
+    for seed in a.seeds if a.from_json is None else []:
         refs = build_reference_runs(out / f"lab-{seed}", preset=a.preset, seed=seed, progress=False)
         for arm in a.arms:
+            if arm == "rl" and a.rl_seeds is not None and seed not in a.rl_seeds:
+                continue
             for eff in (False, True):
                 r = one(arm, eff, refs, a.preset, seed)
                 print(f"seed {seed} {arm} effopd={eff}: final acc {r['curve'][-1][1]:.3f} in {r['wall']:.0f}s; "
@@ -82,6 +95,8 @@ def main() -> None:
     rows = []
     for seed in a.seeds:
         for arm in a.arms:
+            if not any(r["seed"] == seed and r["arm"] == arm for r in results):
+                continue
             plain = next(r for r in results if r["seed"] == seed and r["arm"] == arm and not r["effopd"])
             eff = next(r for r in results if r["seed"] == seed and r["arm"] == arm and r["effopd"])
             final = plain["curve"][-1][1]

@@ -108,35 +108,45 @@ STUDIES = [
     new_markdown_cell("""\
 # Interventions and EffOPD
 
-Interventions (SPEC §5) and the EffOPD search (SPEC §6) write a **study frame**: columns
-`study, run, variant, x, metric, value` (see `opd_dynamics.plots.frames`). This notebook runs whatever of
-those modules exists in this checkout; below that, it draws the figures from a small frame of
-**made-up, illustrative numbers** so the contract is visible. It will be extended when the intervention and
-EffOPD engines land."""),
+Interventions (SPEC §5) edit a run's weights module by module — W = W₀ + (edited ΔW) — score the edited model,
+restore it bit for bit, and move on; EffOPD (SPEC §6) extrapolates along the current update direction at powers
+of two. Both write a **study frame** (`study, run, variant, x, metric, value`) that the figures and the report read.
+
+This notebook uses the `tiny` reference runs so it executes in well under a minute; their models learn little, so
+read the figures for their *shape*, not their numbers. `docs/interventions.md` and `docs/effopd.md` show the
+same studies on the `default` runs."""),
     new_code_cell(SETUP),
     new_code_cell("""\
-import importlib.util
+from opd_dynamics.lab import build_reference_runs
 
-for name in ("opd_dynamics.interventions", "opd_dynamics.effopd"):
-    print(f"{name}: {'available' if importlib.util.find_spec(name) else 'not in this checkout yet'}")"""),
+refs = build_reference_runs(work / "lab", preset="tiny", progress=False)
+opd_run = refs.runs["opd"]
+evaluators = ["loglik:split=validation"]  # mean token log-likelihood of worked solutions: smooth, cheap"""),
     new_code_cell("""\
-import math
+from opd_dynamics.interventions import study_frame
+from opd_dynamics.studies import norm_scaling, spectral_partition
 
-from opd_dynamics.plots.frames import STUDY_COLUMNS, from_records
+ns = norm_scaling(opd_run, alphas=(0, 0.25, 0.5, 0.75, 1.0), evaluators=evaluators, progress=False)
+sp = spectral_partition(opd_run, percents=(10, 50, 100), evaluators=evaluators, progress=False)
+frame = study_frame(ns)
+frame.head()"""),
+    new_code_cell("P.norm_scaling(study_frame(ns));"),
+    new_code_cell("P.spectral_partition(study_frame(sp));"),
+    new_markdown_cell("""\
+## EffOPD replay
 
-print(STUDY_COLUMNS)
-rows = [("norm_scaling", "opd", "", a / 4, "accuracy", 0.2 + 0.5 * (a / 4) ** 0.5) for a in range(5)]
-rows += [("spectral_partition", "opd", v, k, "accuracy", 0.2 + 0.5 * min(1, k / (10 if v == "top" else 100)))
-         for v in ("top", "bottom") for k in (1, 5, 10, 25, 50, 100)]
-rows += [("effopd", "opd", v, t, "accuracy", 0.7 * (1 - math.exp(-t / tau)))
-         for v, tau in (("opd", 12), ("effopd", 4)) for t in range(0, 33, 2)]
-rows += [("effopd", "opd", "accepted", t, "accuracy", 0.7 * (1 - math.exp(-t / 4))) for t in (2, 4, 8)]
-rows += [(s, "opd", "reference:final", math.nan, "accuracy", 0.7) for s in ("norm_scaling", "spectral_partition")]
-illustrative = from_records(rows)  # NOT results: shapes only
-illustrative.head()"""),
-    new_code_cell("P.norm_scaling(illustrative);"),
-    new_code_cell("P.spectral_partition(illustrative);"),
-    new_code_cell("P.effopd_accuracy(illustrative);"),
+At every saved power of two t, the search scores W_t + 2k·(W_t − W_{t/2}) for k = 1…5 with the same code the online
+training hook uses, and matches the accepted score against later plain checkpoints."""),
+    new_code_cell("""\
+from opd_dynamics.effopd.frame import replay_frame
+from opd_dynamics.effopd.replay import replay
+from opd_dynamics.studies._common import prepare
+
+setup = prepare(opd_run, evaluators=evaluators, progress=False)
+score = setup.build_evaluators(setup.runs[0])[0]
+report = replay(setup.runs[0], score, model=setup.engine.model, progress=False)
+print(report.format())"""),
+    new_code_cell("P.effopd_accuracy(replay_frame(report, run='opd', metric=score.name));"),
 ]
 
 NOTEBOOKS = {"01_quickstart.ipynb": QUICKSTART, "02_compare_runs.ipynb": COMPARE,

@@ -4,6 +4,8 @@ and a 2-layer GPT-2 with fused c_attn. Built once per process (seconds), no down
 from __future__ import annotations
 
 import functools
+import atexit
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -16,12 +18,19 @@ def _save(model, tokenizer, path: Path) -> Path:
     return path
 
 
+def _scratch(prefix: str) -> Path:
+    """A temporary directory removed when the test session's process exits (the fixtures are cached per process)."""
+    out = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, out, ignore_errors=True)
+    return out
+
+
 @functools.lru_cache(maxsize=None)
 def tiny_llama_runs() -> dict[str, Path]:
     from opd_dynamics.lab.models import ModelSpec, build_model
     from opd_dynamics.lab.tokenizer import char_tokenizer
 
-    out = Path(tempfile.mkdtemp(prefix="iv-llama-"))
+    out = _scratch("iv-llama-")
     tok = char_tokenizer()
     spec = ModelSpec(hidden=16, layers=4, heads=2, intermediate=32, max_positions=48, tie_embeddings=False)
     model = build_model(spec, tok, seed=0)
@@ -52,7 +61,7 @@ def tiny_gpt2_runs() -> dict[str, Path]:
 
     from opd_dynamics.lab.tokenizer import char_tokenizer
 
-    out = Path(tempfile.mkdtemp(prefix="iv-gpt2-"))
+    out = _scratch("iv-gpt2-")
     tok = char_tokenizer()
     cfg = GPT2Config(vocab_size=len(tok), n_embd=16, n_layer=2, n_head=2, n_positions=32,
                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
