@@ -14,7 +14,6 @@ import os
 import platform
 from collections import Counter
 from importlib import metadata
-from pathlib import Path
 from typing import Sequence
 
 import pandas as pd

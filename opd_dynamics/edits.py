@@ -26,16 +26,15 @@ references: ``"final"``, ``"20%"`` of training or a step number; the engine pass
 """
 from __future__ import annotations
 
-import difflib
 import inspect
-import json
 import math
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
 
 import torch
 
 from .errors import SelectionError
+from .plugins import PluginSpec, check_settings, lookup
 from .linalg import exact_svd, gram_svd, numerical_rank
 
 Tensor = torch.Tensor
@@ -158,44 +157,16 @@ def edit(name: str, *, reads_delta: bool = True, matrix: bool = False) -> Callab
 
 def get(name: str) -> EditInfo:
     """Look an edit up; an unknown name is answered with the nearest valid names."""
-    if name not in EDITS:
-        near = difflib.get_close_matches(name, EDITS, n=3, cutoff=0.5)
-        hint = f"did you mean {', '.join(near)}?" if near else f"choose from: {', '.join(sorted(EDITS))}"
-        raise SelectionError(f"unknown edit {name!r}", hint=hint)
-    return EDITS[name]
+    return lookup(name, EDITS, "edit")
 
 
 @dataclass(frozen=True)
-class EditSpec:
+class EditSpec(PluginSpec):
     """An edit name plus its settings: enough to rebuild it from a manifest."""
 
-    name: str
-    args: dict[str, Any] = field(default_factory=dict)
+    KIND: ClassVar[str] = "edit"
 
-    def __hash__(self) -> int:
-        return hash((self.name, json.dumps(self.args, sort_keys=True)))
-
-    @classmethod
-    def parse(cls, text: str) -> "EditSpec":
-        """``name`` or ``name:key=value,key=value`` (values parsed as JSON when they can be)."""
-        name, _, rest = text.partition(":")
-        args = {}
-        for item in filter(None, rest.split(",")):
-            key, eq, value = item.partition("=")
-            if not eq:
-                raise SelectionError(f"edit setting {item!r} in {text!r} lacks '='", hint="write name:key=value")
-            try:
-                args[key.strip()] = json.loads(value.strip())
-            except json.JSONDecodeError:
-                args[key.strip()] = value.strip()
-        return cls(name.strip(), args)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "args": dict(self.args)}
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "EditSpec":
-        return cls(d["name"], dict(d.get("args", {})))
+    __hash__ = PluginSpec.__hash__
 
     @property
     def info(self) -> EditInfo:
@@ -203,11 +174,7 @@ class EditSpec:
 
     def build(self) -> BuiltEdit:
         info = self.info
-        try:
-            inspect.signature(info.factory).bind(**self.args)
-        except TypeError:
-            raise SelectionError(f"edit {self.name!r} does not take settings {sorted(self.args)}",
-                                 hint=f"its settings are {info.defaults}") from None
+        check_settings(info.factory, self.args, self.name, "edit")
         out = info.factory(**self.args)
         fn, needs = out if isinstance(out, tuple) else (out, ())
         return BuiltEdit(info, fn, tuple(str(n) for n in needs))

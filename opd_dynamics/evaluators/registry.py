@@ -19,17 +19,16 @@ every call. Third-party packages register factories under the entry-point group 
 """
 from __future__ import annotations
 
-import difflib
 import inspect
 import json
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import torch
 
-from ..errors import SelectionError
+from ..plugins import PluginSpec, check_settings, lookup
 
 ENTRY_POINT_GROUP = "opd_dynamics.evaluators"
 
@@ -98,12 +97,7 @@ def available() -> dict[str, EvaluatorInfo]:
 
 def get(name: str) -> EvaluatorInfo:
     """Look an evaluator up; an unknown name is answered with the nearest valid names."""
-    known = available()
-    if name not in known:
-        near = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
-        hint = f"did you mean {', '.join(near)}?" if near else f"choose from: {', '.join(known)}"
-        raise SelectionError(f"unknown evaluator {name!r}", hint=hint)
-    return known[name]
+    return lookup(name, available(), "evaluator")
 
 
 @dataclass(frozen=True)
@@ -128,14 +122,12 @@ class Evaluator:
 
 
 @dataclass(frozen=True)
-class EvalSpec:
+class EvalSpec(PluginSpec):
     """An evaluator name plus its settings: enough to rebuild it from a manifest."""
 
-    name: str
-    args: dict[str, Any] = field(default_factory=dict)
+    KIND: ClassVar[str] = "evaluator"
 
-    def __hash__(self) -> int:
-        return hash(self.label)
+    __hash__ = PluginSpec.__hash__
 
     @property
     def label(self) -> str:
@@ -145,40 +137,13 @@ class EvalSpec:
         return self.name + ":" + ",".join(f"{k}={json.dumps(v) if not isinstance(v, str) else v}"
                                           for k, v in sorted(self.args.items()))
 
-    @classmethod
-    def parse(cls, text: str) -> "EvalSpec":
-        """``name`` or ``name:key=value,key=value`` (values parsed as JSON when they can be)."""
-        name, _, rest = text.partition(":")
-        args = {}
-        for item in filter(None, rest.split(",")):
-            key, eq, value = item.partition("=")
-            if not eq:
-                raise SelectionError(f"evaluator setting {item!r} in {text!r} lacks '='", hint="write name:key=value")
-            try:
-                args[key.strip()] = json.loads(value.strip())
-            except json.JSONDecodeError:
-                args[key.strip()] = value.strip()
-        return cls(name.strip(), args)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "args": dict(self.args)}
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "EvalSpec":
-        return cls(d["name"], dict(d.get("args", {})))
-
     @property
     def info(self) -> EvaluatorInfo:
         return get(self.name)
 
     def check(self) -> None:
         """Fail on an unknown name or settings before any model is loaded."""
-        info = self.info
-        try:
-            inspect.signature(info.factory).bind(None, **self.args)
-        except TypeError:
-            raise SelectionError(f"evaluator {self.name!r} does not take settings {sorted(self.args)}",
-                                 hint=f"its settings are {info.defaults}") from None
+        check_settings(self.info.factory, self.args, self.name, "evaluator", None)
 
     def build(self, ctx: EvalContext) -> Evaluator:
         self.check()

@@ -15,14 +15,12 @@ Third-party packages register factories under the entry-point group ``opd_dynami
 """
 from __future__ import annotations
 
-import difflib
 import inspect
-import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import metadata
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, ClassVar, Protocol
 
-from ..errors import SelectionError
+from ..plugins import PluginSpec, check_settings, lookup
 
 ENTRY_POINT_GROUP = "opd_dynamics.metrics"
 
@@ -101,49 +99,16 @@ def available() -> dict[str, MetricInfo]:
 
 def get(name: str) -> MetricInfo:
     """Look a metric up; an unknown name is answered with the nearest valid names."""
-    known = available()
-    if name not in known:
-        near = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
-        hint = f"did you mean {', '.join(near)}?" if near else f"choose from: {', '.join(known)}"
-        raise SelectionError(f"unknown metric {name!r}", hint=hint + " (`opd-dynamics list-metrics` lists them)")
-    return known[name]
+    return lookup(name, available(), "metric", " (`opd-dynamics list-metrics` lists them)")
 
 
-def _coerce(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
-@dataclass(frozen=True)
-class Spec:
+@dataclass(frozen=True, eq=True)
+class Spec(PluginSpec):
     """A metric name plus its settings: enough to rebuild it from a manifest."""
 
-    name: str
-    args: dict[str, Any] = field(default_factory=dict)
+    KIND: ClassVar[str] = "metric"
 
-    def __hash__(self) -> int:
-        return hash((self.name, json.dumps(self.args, sort_keys=True)))
-
-    @classmethod
-    def parse(cls, text: str) -> "Spec":
-        """``name`` or ``name:key=value,key=value`` (values parsed as JSON when they can be)."""
-        name, _, rest = text.partition(":")
-        args = {}
-        for item in filter(None, rest.split(",")):
-            key, eq, value = item.partition("=")
-            if not eq:
-                raise SelectionError(f"metric setting {item!r} in {text!r} lacks '='", hint="write name:key=value")
-            args[key.strip()] = _coerce(value.strip())
-        return cls(name.strip(), args)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "args": dict(self.args)}
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "Spec":
-        return cls(d["name"], dict(d.get("args", {})))
+    __hash__ = PluginSpec.__hash__
 
     @property
     def info(self) -> MetricInfo:
@@ -152,11 +117,7 @@ class Spec:
     def build(self):
         """Instantiate the metric; bad settings are a clear error."""
         info = self.info
-        try:
-            inspect.signature(info.factory).bind(**self.args)
-        except TypeError:
-            raise SelectionError(f"metric {self.name!r} does not take settings {sorted(self.args)}",
-                                 hint=f"its settings are {info.defaults}") from None
+        check_settings(info.factory, self.args, self.name, "metric")
         return info.factory(**self.args)
 
 
