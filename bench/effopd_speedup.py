@@ -28,7 +28,17 @@ def first_reaching(curve: list[tuple[int, float]], threshold: float) -> float:
     return math.nan
 
 
-def one(arm: str, effopd: bool, refs, preset: str, seed: int) -> dict:
+def search_score(kind: str, task, tok, probe):
+    """The search's validation score on 50 training examples: greedy accuracy (paper) or token log-likelihood."""
+    from opd_dynamics.evaluators import EvalContext, EvalSpec
+    from opd_dynamics.lab import accuracy
+
+    if kind == "accuracy":
+        return lambda m: accuracy(m, tok, task, probe)
+    return EvalSpec.parse(f"loglik:split=train,limit={len(probe)}").build(EvalContext(task, tok, progress=False))
+
+
+def one(arm: str, effopd: bool, refs, preset: str, seed: int, score_kind: str = "accuracy") -> dict:
     from opd_dynamics.effopd import EffOPD
     from opd_dynamics.lab import accuracy
     from opd_dynamics.lab.arms import run_arm
@@ -44,7 +54,7 @@ def one(arm: str, effopd: bool, refs, preset: str, seed: int) -> dict:
     hooks = []
     search = None
     if effopd:
-        search = EffOPD(lambda m: accuracy(m, tok, task, probe), base)
+        search = EffOPD(search_score(score_kind, task, tok, probe), base)
         hooks.append(search)
     hooks.append(lambda model, step, log: clock.__setitem__(step, time.perf_counter()))
     t0 = time.perf_counter()
@@ -66,6 +76,8 @@ def main() -> None:
     ap.add_argument("--rl-seeds", type=int, nargs="*", default=None,
                     help="seeds on which to run the rl arm too (default: every seed)")
     ap.add_argument("--out", default="/tmp/effopd-bench")
+    ap.add_argument("--score", choices=("accuracy", "loglik"), default="accuracy",
+                    help="the search's validation score on 50 training examples")
     ap.add_argument("--from-json", nargs="*", default=None,
                     help="summarise earlier runs' speedup.json files (e.g. one process per seed) instead of training")
     a = ap.parse_args()
@@ -87,7 +99,7 @@ def main() -> None:
             if arm == "rl" and a.rl_seeds is not None and seed not in a.rl_seeds:
                 continue
             for eff in (False, True):
-                r = one(arm, eff, refs, a.preset, seed)
+                r = one(arm, eff, refs, a.preset, seed, a.score)
                 print(f"seed {seed} {arm} effopd={eff}: final acc {r['curve'][-1][1]:.3f} in {r['wall']:.0f}s; "
                       f"accepted k {[s['accepted_k'] for s in r['searches']]}", flush=True)
                 results.append(r)
