@@ -78,16 +78,19 @@ def angles_degrees(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
 def principal_angles(k: int = 512, method: str = "svd", reference: str = "base"):
     """Max and mean principal angle (degrees) between the top-k left and right singular subspaces of W₀ and W_t.
 
-    k is capped at min(m, n) (a side whose subspace is then the whole space reports 0°).
+    k is capped at min(m, n). A side whose top-k subspace is then its whole space (k = m for the left side,
+    k = n for the right) cannot rotate: it reports NaN, not a trivially exact 0°.
     """
     _check(method, reference)
 
     def compute(view):
         u0, _, v0 = reference_svd(view, method, reference)
         ut, _, vt = current_svd(view, method)
-        kk = min(k, *view.shape)
-        lmax, lmean = angles_degrees(u0[:, :kk], ut[:, :kk])
-        rmax, rmean = angles_degrees(v0[:, :kk], vt[:, :kk])
+        m, n = view.shape
+        kk = min(k, m, n)
+        nan = (math.nan, math.nan)
+        lmax, lmean = angles_degrees(u0[:, :kk], ut[:, :kk]) if kk < m else nan
+        rmax, rmean = angles_degrees(v0[:, :kk], vt[:, :kk]) if kk < n else nan
         return {"principal_angle_left_max": lmax, "principal_angle_left_mean": lmean,
                 "principal_angle_right_max": rmax, "principal_angle_right_mean": rmean}
 
