@@ -133,30 +133,38 @@ def main() -> None:
             v = sub[f"speedup{frac}"]
             print(f"{arm}: step speedup to {frac}% of plain final: median {v.median():.2f}, "
                   f"range {v.min():.2f}-{v.max():.2f} over seeds {sub.seed.tolist()}")
-    plot(curves, out / "accuracy_vs_step.png")
+    plot(curves, out / "accuracy_vs_step.png", results)
 
 
-def plot(curves: pd.DataFrame, path: Path) -> None:
+def plot(curves: pd.DataFrame, path: Path, results: list[dict] | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     arms = sorted(curves.arm.unique())
-    fig, axes = plt.subplots(1, len(arms), figsize=(5 * len(arms), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(arms), figsize=(7.5 * len(arms), 3.8), squeeze=False)
     colours = {False: "#0072B2", True: "#D55E00"}
+    styles = ["-", "--", ":", "-."]
     for ax, arm in zip(axes[0], arms):
+        seeds = sorted(curves[curves.arm == arm].seed.unique())
         for eff in (False, True):
-            sub = curves[(curves.arm == arm) & (curves.effopd == eff)]
-            for i, (seed, g) in enumerate(sub.groupby("seed")):
-                ax.plot(g.step, g.accuracy, color=colours[eff], alpha=0.8, marker="o", ms=3,
-                        label=("EffOPD" if eff else f"plain {arm.upper()}") if i == 0 else None)
+            for i, seed in enumerate(seeds):
+                g = curves[(curves.arm == arm) & (curves.effopd == eff) & (curves.seed == seed)]
+                ax.plot(g.step, g.accuracy, color=colours[eff], ls=styles[i % 4], marker="o", ms=2.5, lw=1.4,
+                        label=f"{'EffOPD' if eff else 'plain ' + arm.upper()}, seed {seed}")
+        for r in results or []:
+            if r["arm"] == arm and r["effopd"]:
+                acc = dict((s, a) for s, a in r["curve"])
+                hits = [s["step"] for s in r["searches"] if s["accepted_k"] > 0 and s["step"] in acc]
+                ax.scatter(hits, [acc[h] for h in hits], marker="*", s=90, color=colours[True], edgecolor="black",
+                           linewidth=0.5, zorder=5, label="accepted extrapolation" if r["seed"] == seeds[0] else None)
         ax.set_xscale("symlog", linthresh=1)
-        ax.set_xlabel("optimizer step")
+        ax.set_xlabel("optimizer step (symlog)")
         ax.set_ylabel("validation accuracy")
-        ax.set_title(f"{arm.upper()}: plain vs EffOPD ({curves.seed.nunique()} seeds)")
-        ax.legend(frameon=False)
+        ax.set_title(f"{arm.upper()}: plain vs EffOPD ({len(seeds)} seed{'s' if len(seeds) > 1 else ''})")
         ax.grid(alpha=0.3)
+        ax.legend(frameon=False, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=150)
 
