@@ -26,7 +26,6 @@ references: ``"final"``, ``"20%"`` of training or a step number; the engine pass
 """
 from __future__ import annotations
 
-import inspect
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
@@ -34,7 +33,7 @@ from typing import Any, Callable, ClassVar
 import torch
 
 from .errors import SelectionError
-from .plugins import PluginSpec, check_settings, lookup
+from .plugins import FactoryFacts, PluginSpec, check_settings, lookup
 from .linalg import exact_svd, gram_svd, numerical_rank
 
 Tensor = torch.Tensor
@@ -110,23 +109,13 @@ def project(x: Tensor, basis: Tensor, side: str = "right") -> Tensor:
 
 # -- the plug-in registry --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class EditInfo:
+class EditInfo(FactoryFacts):
     """Facts about an edit: whether it reads ΔW, needs a matrix, and its one-line summary."""
 
     name: str
     factory: Callable[..., Any]
     reads_delta: bool = True
     matrix: bool = False
-
-    @property
-    def summary(self) -> str:
-        doc = inspect.getdoc(self.factory) or ""
-        return doc.splitlines()[0] if doc else ""
-
-    @property
-    def defaults(self) -> dict[str, Any]:
-        sig = inspect.signature(self.factory)
-        return {k: p.default for k, p in sig.parameters.items() if p.default is not inspect.Parameter.empty}
 
 
 EDITS: dict[str, EditInfo] = {}

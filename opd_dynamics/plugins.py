@@ -16,6 +16,22 @@ from typing import Any, Callable, ClassVar, Mapping
 from .errors import SelectionError
 
 
+class FactoryFacts:
+    """What every plug-in's info record can say about its ``factory``: the one-line summary and the defaults."""
+
+    factory: Callable[..., Any]
+
+    @property
+    def summary(self) -> str:
+        doc = inspect.getdoc(self.factory) or ""
+        return doc.splitlines()[0] if doc else ""
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        sig = inspect.signature(self.factory)
+        return {k: p.default for k, p in sig.parameters.items() if p.default is not inspect.Parameter.empty}
+
+
 def lookup(name: str, known: Mapping[str, Any], what: str, more: str = "") -> Any:
     """``known[name]``, or a :class:`SelectionError` naming the nearest valid names."""
     if name not in known:

@@ -19,7 +19,6 @@ every call. Third-party packages register factories under the entry-point group 
 """
 from __future__ import annotations
 
-import inspect
 import json
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -28,7 +27,7 @@ from typing import Any, Callable, ClassVar
 
 import torch
 
-from ..plugins import PluginSpec, check_settings, lookup
+from ..plugins import FactoryFacts, PluginSpec, check_settings, lookup
 
 ENTRY_POINT_GROUP = "opd_dynamics.evaluators"
 
@@ -45,22 +44,12 @@ class EvalContext:
 
 
 @dataclass(frozen=True)
-class EvaluatorInfo:
+class EvaluatorInfo(FactoryFacts):
     name: str
     factory: Callable[..., Callable[[Any], float]]
     higher_is_better: bool = True
     bounds: tuple[float, float] | None = None
     unit: str = ""
-
-    @property
-    def summary(self) -> str:
-        doc = inspect.getdoc(self.factory) or ""
-        return doc.splitlines()[0] if doc else ""
-
-    @property
-    def defaults(self) -> dict[str, Any]:
-        sig = inspect.signature(self.factory)
-        return {k: p.default for k, p in sig.parameters.items() if p.default is not inspect.Parameter.empty}
 
 
 REGISTRY: dict[str, EvaluatorInfo] = {}

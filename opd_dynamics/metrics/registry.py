@@ -15,12 +15,11 @@ Third-party packages register factories under the entry-point group ``opd_dynami
 """
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any, Callable, ClassVar, Protocol
 
-from ..plugins import PluginSpec, check_settings, lookup
+from ..plugins import FactoryFacts, PluginSpec, check_settings, lookup
 
 ENTRY_POINT_GROUP = "opd_dynamics.metrics"
 
@@ -31,7 +30,7 @@ class Trajectory(Protocol):
 
 
 @dataclass(frozen=True)
-class MetricInfo:
+class MetricInfo(FactoryFacts):
     """Facts about a metric: what it needs, what it returns, where it comes from."""
 
     name: str
@@ -43,16 +42,6 @@ class MetricInfo:
     needs_after: bool = False    # needs W_t exactly as stored (not W_ref + ΔW)
     bounds: tuple[float, float] | None = None
     paper: str = ""
-
-    @property
-    def summary(self) -> str:
-        doc = inspect.getdoc(self.factory) or ""
-        return doc.splitlines()[0] if doc else ""
-
-    @property
-    def defaults(self) -> dict[str, Any]:
-        sig = inspect.signature(self.factory)
-        return {k: p.default for k, p in sig.parameters.items() if p.default is not inspect.Parameter.empty}
 
 
 REGISTRY: dict[str, MetricInfo] = {}
