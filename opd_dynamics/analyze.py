@@ -25,7 +25,7 @@ from .io.discovery import Run, open_run
 from .metrics.registry import DEFAULT_METRICS, Spec
 from .select import Selector
 from .table import from_rows, save
-from .watch import complete_steps
+from .live import complete_steps
 
 PathLike = str | os.PathLike
 
@@ -52,7 +52,7 @@ def open_runs(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] 
               skip_incomplete: bool = True) -> list[Run]:
     """Discover several runs; ``base`` is one directory for all or one per run.
 
-    With ``skip_incomplete`` a checkpoint still being written (:func:`opd_dynamics.watch.incomplete`) is left out
+    With ``skip_incomplete`` a checkpoint still being written (:func:`opd_dynamics.live.incomplete`) is left out
     with a warning; each run's ``skipped`` then maps its step to the reason.
     """
     if not paths:

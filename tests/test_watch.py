@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from opd_dynamics.synthetic import make_synthetic_runs
-from opd_dynamics.watch import Stability, follow, incomplete
+from opd_dynamics.live import Stability, follow, incomplete
 
 WRITER = textwrap.dedent('''
     import json, shutil, sys, time
