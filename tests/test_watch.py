@@ -95,3 +95,39 @@ def test_follow_stops_on_ctrl_c_and_at_until_step(source, tmp_path):
     assert follow(source["opd"], calls.append, interval=0, sleep=interrupt, echo=lambda m: None) == []
     done = follow(source["opd"], calls.append, interval=0, until_step=3, sleep=lambda s: None, echo=lambda m: None)
     assert done == [1, 2, 3, 4, 8] and calls[-1] == done
+
+
+class _Handle:
+    """Stands in for IPython's display handle: records each redraw."""
+
+    def __init__(self):
+        self.figures = []
+
+    def update(self, fig):
+        self.figures.append([ax.get_ylabel() for ax in fig.axes if ax.get_visible()])
+
+
+def test_od_watch_redraws_in_place_as_checkpoints_arrive(source, tmp_path):
+    import shutil
+
+    import opd_dynamics as od
+
+    run = tmp_path / "live"
+    run.mkdir()
+    pending = [1, 2, 3]
+
+    def tick(_):  # the "trainer": one more checkpoint between looks
+        if pending:
+            s = pending.pop(0)
+            shutil.copytree(source["opd"] / f"checkpoint-{s}", run / f"checkpoint-{s}")
+
+    shutil.copytree(source["opd"] / "checkpoint-1", run / "checkpoint-1")
+    pending.pop(0)
+    handle = _Handle()
+    df = od.watch(run, base=source["base"], metrics=["spectral_ratio", "effective_rank"], interval=0,
+                  until_step=3, handle=handle, sleep=tick, out=tmp_path / "res")
+    assert set(df.step) == {1, 2, 3} and len(handle.figures) == 3
+    assert len(handle.figures[-1]) == 2
+    again = _Handle()  # a results directory written by another process: drawn from its table
+    od.watch(tmp_path / "res", metrics=["spectral_ratio"], until_step=3, handle=again, sleep=lambda s: None)
+    assert len(again.figures) == 1
