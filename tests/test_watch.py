@@ -60,7 +60,8 @@ def test_cli_watch_follows_a_run_written_by_another_process(source, tmp_path):
     try:
         r = subprocess.run([sys.executable, "-m", "opd_dynamics_cli.app", "analyze", str(run), "--base",
                             str(source["base"]), "-o", str(out), "-m", "frobenius,alignment_to_final", "--watch",
-                            "--until-step", "4", "--interval", "0.2"], capture_output=True, text=True, timeout=120)
+                            "--until-step", "4", "--interval", "0.2", "--report", str(tmp_path / "report")],
+                           capture_output=True, text=True, timeout=180)
     finally:
         writer.wait(timeout=60)
     assert r.returncode == 0, r.stderr
@@ -68,6 +69,7 @@ def test_cli_watch_follows_a_run_written_by_another_process(source, tmp_path):
     df = pd.read_parquet(out / "metrics.parquet")
     assert set(df.step) == {1, 2, 3, 4}  # 8 never completed
     assert r.stderr.count("analysed steps up to") >= 3  # the table was written while the run went on
+    assert (tmp_path / "report" / "index.html").exists()
     fresh = __import__("opd_dynamics").analyze([run], base=source["base"], metrics=["frobenius", "alignment_to_final"],
                                                steps=[1, 2, 3, 4], progress=False)
     pd.testing.assert_frame_equal(pd.read_parquet(out / "metrics.parquet").astype(fresh.dtypes.to_dict()), fresh)
