@@ -26,7 +26,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _rank(rank: int, world: int, port: int, steps: dict[int, str], out: str, fsdp: int) -> None:
+def _rank(rank: int, world: int, port: int, steps: dict[int, str], outs: dict[int, str]) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
     torch.set_num_threads(1)
     import torch.distributed as dist
@@ -35,7 +35,7 @@ def _rank(rank: int, world: int, port: int, steps: dict[int, str], out: str, fsd
 
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        for step, src in steps.items():
+        for (fsdp, out), (step, src) in ((o, s) for o in outs.items() for s in steps.items()):
             cfg = AutoConfig.from_pretrained(src)
             model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
             model.load_state_dict(load_file(Path(src) / "model.safetensors"), strict=False)
@@ -66,12 +66,14 @@ def _rank(rank: int, world: int, port: int, steps: dict[int, str], out: str, fsd
         dist.destroy_process_group()
 
 
-def write_verl_run(hf_run: Path, out: Path, *, world_size: int = 2, fsdp: int = 2) -> Path:
-    """Re-save every ``checkpoint-N/`` of ``hf_run`` as ``out/global_step_N/actor/`` (verl FSDP shards)."""
+def write_verl_runs(hf_run: Path, outs: dict[int, Path], *, world_size: int = 2) -> dict[int, Path]:
+    """Re-save every ``checkpoint-N/`` of ``hf_run`` as ``out/global_step_N/actor/`` for each {FSDP version: out}."""
     steps = {int(d.name.split("-")[1]): str(d) for d in sorted(Path(hf_run).glob("checkpoint-*"))}
-    mp.spawn(_rank, args=(world_size, _free_port(), steps, str(out), fsdp), nprocs=world_size, join=True)
-    (Path(out) / "latest_checkpointed_iteration.txt").write_text(str(max(steps)))
-    return Path(out)
+    mp.spawn(_rank, args=(world_size, _free_port(), steps, {k: str(v) for k, v in outs.items()}),
+             nprocs=world_size, join=True)
+    for out in outs.values():
+        (Path(out) / "latest_checkpointed_iteration.txt").write_text(str(max(steps)))
+    return outs
 
 
 if __name__ == "__main__":
@@ -80,5 +82,5 @@ if __name__ == "__main__":
     ap.add_argument("hf_run"), ap.add_argument("out")
     ap.add_argument("--world-size", type=int, default=4), ap.add_argument("--fsdp", type=int, default=2)
     a = ap.parse_args()
-    write_verl_run(Path(a.hf_run), Path(a.out), world_size=a.world_size, fsdp=a.fsdp)
+    write_verl_runs(Path(a.hf_run), {a.fsdp: Path(a.out)}, world_size=a.world_size)
     sys.exit(0)
