@@ -36,7 +36,8 @@ _ALLOWED = {  # (module, name) that a DCP .metadata may reference; all are plain
                                               "ChunkStorageMetadata", "TensorProperties", "MetadataIndex",
                                               "StorageMeta", "_MEM_FORMAT_ENCODING")},
     **{(_DCP + "filesystem", n): None for n in ("_StorageInfo", "_StoragePrefix")},
-    **{(_DCP + "planner", n): None for n in ("LoadItemType", "WriteItemType")},
+    **{(_DCP + "planner", n): None for n in ("LoadItemType", "WriteItemType", "SavePlan", "WriteItem",
+                                             "TensorWriteData")},  # Megatron keeps its save plans
     ("torch", "Size"): None, ("torch.serialization", "_get_layout"): None,
     ("pathlib", "PosixPath"): None, ("pathlib", "PurePosixPath"): None, ("pathlib", "WindowsPath"): None,
     ("pathlib", "PureWindowsPath"): None, ("collections", "OrderedDict"): None,
