@@ -110,3 +110,10 @@ def test_not_a_metadata_file_is_one_line(tmp_path):
     (tmp_path / ".metadata").write_bytes(buf.getvalue())
     with pytest.raises(CheckpointError, match="not a DCP Metadata"):
         dcp.open(tmp_path)
+
+
+def test_analyze_tables_equal_safetensors(dcp_runs, tmp_path):
+    """The same trajectory as HF safetensors, torchtitan (flat and nested) and accelerate DCP: one table."""
+    from format_tables import assert_same_tables
+
+    assert_same_tables(dcp_runs["hf"], dcp_runs["base"], [dcp_runs[layout] for layout in LAYOUTS], tmp_path / "res")

@@ -119,3 +119,10 @@ def test_megatron_classes_are_stubbed_not_imported(tmp_path):
     assert type(got.planner_data).__name__ == "Planner" and got.storage_data == {}
     with pytest.raises(CheckpointError, match="unpickling needs megatron.fake_for_test.Planner"):
         read_metadata(tmp_path)
+
+
+def test_analyze_tables_equal_safetensors(megatron_run, tmp_path):
+    """The same trajectory as HF safetensors and as Megatron torch_dist (TP = 2): one table, no flag needed."""
+    from format_tables import assert_same_tables
+
+    assert_same_tables(megatron_run["hf"], megatron_run["base"], [megatron_run["megatron"]], tmp_path / "res")
