@@ -25,9 +25,9 @@ from types import ModuleType
 
 from ...errors import CheckpointError
 from ..reader import Reader
-from . import peft, safetensors
+from . import dcp, megatron, peft, safetensors, verl_fsdp
 
-FORMATS: tuple[ModuleType, ...] = (safetensors, peft)
+FORMATS: tuple[ModuleType, ...] = (safetensors, peft, verl_fsdp, megatron, dcp)
 
 
 def detect(step_dir: str | Path) -> tuple[ModuleType, Path] | None:
