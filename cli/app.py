@@ -171,13 +171,34 @@ def _warning_line(message, category, filename, lineno, line=None):
     return f"warning: {message}\n"
 
 
+def _fail(message: str) -> None:
+    typer.echo(f"error: {' '.join(message.split())}", err=True)
+    sys.exit(2)
+
+
 def main() -> None:
+    """Run the app; every user error ends as one ``error:`` line on stderr and exit status 2 (no traceback)."""
+    import importlib
+
+    cx = importlib.import_module(typer.BadParameter.__module__)  # click's exceptions (typer may vendor click)
+    no_args = getattr(cx, "NoArgsIsHelpError", ())
     warnings.formatwarning = _warning_line
     try:
-        app()
+        code = app(standalone_mode=False, prog_name="opd-dynamics")
     except OPDError as e:
-        typer.echo(f"error: {e}", err=True)
+        _fail(str(e))
+    except no_args as e:
+        typer.echo(e.ctx.get_help() if e.ctx else "", err=True)
         sys.exit(2)
+    except cx.UsageError as e:  # a mistyped option, a missing argument, a value of the wrong type
+        cmd = e.ctx.command_path if e.ctx else "opd-dynamics"
+        _fail(f"{e.format_message()} (fix: see `{cmd} --help`)")
+    except cx.ClickException as e:  # e.g. a FileError
+        _fail(e.format_message())
+    except (cx.Abort, KeyboardInterrupt):  # Ctrl-C: clean-up has run (outputs are left as they were)
+        typer.echo("error: interrupted", err=True)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import datetime as _dt
 import os
 import platform
 from collections import Counter
+from contextlib import nullcontext
 from importlib import metadata
 from typing import Sequence
 
@@ -24,7 +25,8 @@ from .errors import OPDError
 from .io.discovery import Run, open_run
 from .metrics.registry import DEFAULT_METRICS, Spec
 from .select import Selector
-from .table import from_rows, save
+from .outdir import claim
+from .table import from_rows, table_files
 
 PathLike = str | os.PathLike
 
@@ -113,21 +115,25 @@ def analyze(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] | 
             number computed beside it would be meaningless.
         lora_scaling: for runs of PEFT adapters, the s in ΔW = s·B·A (overrides adapter_config.json's α/r;
             needed when an exporter wrote ``lora_alpha: 0``).
-        out: directory to write ``metrics.parquet`` + ``manifest.json`` into (nothing written on error).
+        out: directory to write ``metrics.parquet`` + ``manifest.json`` into, as one unit (checked and locked
+            before any reading; nothing written on error; an earlier result there is replaced whole).
         csv: also write ``metrics.csv``.
 
     Returns:
         The long table ``run, step, ref_step, module, layer, kind, metric, value``.
     """
-    specs = _specs(metrics)
-    selector = select if isinstance(select, Selector) else Selector.parse(list(select or []))
-    dev = resolve_device(device)
-    runs = open_runs(paths, base=base, names=names, steps=steps, allow_pickle=allow_pickle, lora_scaling=lora_scaling)
-    rows = run_metrics(runs, specs, selector=selector, against=against, device=dev,
-                       spectrum_method=spectrum_method, nonfinite=nonfinite, progress=progress)
-    df = from_rows(rows)
-    if out is not None:
-        save(df, out, manifest(runs, specs, select=selector.to_json(), against=against, device=str(dev),
-                               spectrum_method=spectrum_method, nonfinite=nonfinite, lora_scaling=lora_scaling,
-                               rows=len(df)), csv=csv)
+    with claim(out) if out is not None else nullcontext() as claimed:  # -o checked and locked before any reading
+        specs = _specs(metrics)
+        selector = select if isinstance(select, Selector) else Selector.parse(list(select or []))
+        dev = resolve_device(device)
+        runs = open_runs(paths, base=base, names=names, steps=steps, allow_pickle=allow_pickle,
+                         lora_scaling=lora_scaling)
+        rows = run_metrics(runs, specs, selector=selector, against=against, device=dev,
+                           spectrum_method=spectrum_method, nonfinite=nonfinite, progress=progress)
+        df = from_rows(rows)
+        if claimed is not None:
+            claimed.commit(table_files(df, manifest(runs, specs, select=selector.to_json(), against=against,
+                                                    device=str(dev), spectrum_method=spectrum_method,
+                                                    nonfinite=nonfinite, lora_scaling=lora_scaling, rows=len(df)),
+                                       csv=csv))
     return df

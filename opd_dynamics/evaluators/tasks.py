@@ -51,8 +51,11 @@ class TaskSpec:
 
         try:
             return JsonlTask(self.path, answer_regex=self.answer_regex or DEFAULT_REGEX, seed=self.seed)
-        except (ValueError, json.JSONDecodeError) as e:
-            raise OPDError(f"{self.path}: {e}", hint="one JSON object per line with prompt and answer") from None
+        except OSError as e:
+            raise OPDError(f"{self.path}: cannot read ({e.strerror})", hint="check the path and permissions") from None
+        except (ValueError, TypeError, AttributeError) as e:  # bad JSON, not UTF-8, rows that are not objects
+            why = str(e).removeprefix(f"{self.path}:")
+            raise OPDError(f"{self.path}: {why}", hint="one UTF-8 JSON object per line with prompt and answer") from None
 
     def to_json(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if v is not None}

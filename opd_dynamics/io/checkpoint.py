@@ -15,14 +15,13 @@ Formats, in order of preference inside a directory:
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, read_json
 from .safetensors_file import SafetensorsFile
 
 ST_INDEX, ST_SINGLE = "model.safetensors.index.json", "model.safetensors"
@@ -74,10 +73,12 @@ class Checkpoint:
     def config(self) -> dict[str, Any]:
         """``config.json`` of the directory (empty when absent)."""
         p = self.path / "config.json"
-        try:
-            return json.loads(p.read_text()) if p.exists() else {}
-        except json.JSONDecodeError:
-            raise CheckpointError(f"{p}: not valid JSON", hint="re-save the model config") from None
+        if not p.exists():
+            return {}
+        cfg = read_json(p, hint="re-save the model config", error=CheckpointError)
+        if not isinstance(cfg, dict):
+            raise CheckpointError(f"{p}: not a model config (a JSON object)", hint="re-save the model config")
+        return cfg
 
     def file_of(self, name: str) -> Path:
         return Path(self._where[name])
@@ -123,10 +124,11 @@ class Checkpoint:
                               hint="point at a checkpoint directory")
 
     def _open_index(self, index: Path, open_one) -> None:
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise CheckpointError(f"{index}: corrupt index (no 'weight_map')", hint="re-save the checkpoint") from None
+        weight_map = read_json(index, hint="re-save the checkpoint", error=CheckpointError)
+        weight_map = weight_map.get("weight_map") if isinstance(weight_map, dict) else None
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise CheckpointError(f"{index}: corrupt index (no 'weight_map' of tensor -> file)",
+                                  hint="re-save the checkpoint")
         by_file: dict[str, list[str]] = {}
         for name, fname in weight_map.items():
             by_file.setdefault(fname, []).append(name)

@@ -17,10 +17,12 @@ else a step-0 checkpoint, else an error that says how to pass one.
 from __future__ import annotations
 
 import json
+import os
 import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
 
 from ..errors import CheckpointError, OPDError
 from .checkpoint import Checkpoint, has_weights
@@ -62,13 +64,44 @@ def _single_step(d: Path) -> int:
     if state.exists():
         try:
             return int(json.loads(state.read_text()).get("global_step", 1))
-        except (json.JSONDecodeError, ValueError, TypeError):
+        except (OSError, ValueError, TypeError, AttributeError):  # unreadable state: fall back to step 1
             pass
     return 1
 
 
-def find_steps(root: str | Path) -> dict[int, Path]:
-    """Map step -> weights directory for every checkpoint under ``root`` (one level of step dirs)."""
+def _unreadable(d: Path) -> CheckpointError | None:
+    """Why a step directory that exists cannot be read (a dangling link, no permission), else None.
+
+    Why an error and not a skip: a step that silently drops out moves the "final" step, and every metric measured
+    against the final update (``alignment_to_final``) would be measured against the wrong one.
+    """
+    if d.is_symlink() and not d.exists():
+        return CheckpointError(f"{d}: a dangling symlink (its target {os.readlink(d)} does not exist: "
+                               "an unmounted volume?)", hint=f"mount or restore it, or leave step {_step_of(d)} "
+                               "out with --steps")
+    if d.is_dir() and not os.access(d, os.R_OK | os.X_OK):
+        return CheckpointError(f"{d}: permission denied", hint=f"get read access, or leave step {_step_of(d)} "
+                               "out with --steps")
+    return None
+
+
+def _step_of(d: Path) -> int:
+    return int(_STEP_DIR.match(d.name).group(1))
+
+
+def _listdir(root: Path) -> list[Path]:
+    try:
+        return sorted(root.iterdir())
+    except OSError as e:
+        raise OPDError(f"{root}: cannot list ({e.strerror})", hint="check the path and its permissions") from None
+
+
+def find_steps(root: str | Path, steps: Iterable[int] | None = None) -> dict[int, Path]:
+    """Map step -> weights directory for every checkpoint under ``root`` (one level of step dirs).
+
+    A step directory that exists but cannot be read (dangling link, permission denied) is an error, unless
+    ``steps`` is given and leaves it out.
+    """
     root = Path(root)
     if not root.exists():
         raise OPDError(f"{root}: no such directory", hint="check the path")
@@ -76,13 +109,25 @@ def find_steps(root: str | Path) -> dict[int, Path]:
         raise OPDError(f"{root}: not a directory", hint="point at the run's output directory")
     if has_weights(root) or has_adapter(root):
         return {_single_step(root): root}
+    wanted = None if steps is None else set(steps) | {0}
     found: dict[int, Path] = {}
     unreadable: list[Path] = []
-    for child in sorted(root.iterdir()):
+    for child in _listdir(root):
         m = _STEP_DIR.match(child.name)
-        if not (m and child.is_dir()):
+        if not m:
             continue
-        wd = _weights_dir(child)
+        broken = _unreadable(child)
+        if broken is not None:
+            if wanted is None or int(m.group(1)) in wanted:
+                raise broken
+            continue
+        if not child.is_dir():
+            continue
+        try:
+            wd = _weights_dir(child)
+        except PermissionError as e:
+            raise CheckpointError(f"{e.filename}: permission denied", hint=f"get read access, or leave step "
+                                  f"{m.group(1)} out with --steps") from None
         if wd is None:
             unreadable.append(child)
             continue
@@ -130,7 +175,7 @@ def open_run(root: str | Path, *, base: str | Path | None = None, name: str | No
         lora_scaling: for LoRA runs, the scaling s in ΔW = s·B·A, overriding adapter_config.json's α/r.
     """
     root = Path(root)
-    found = find_steps(root)
+    found = find_steps(root, steps)
     lora = {s: p for s, p in found.items() if not has_weights(p)}  # adapter-only step directories
     if lora and len(lora) != len(found):
         raise OPDError(f"{root}: mixes LoRA adapters ({sorted(lora)}) and full checkpoints "
@@ -161,9 +206,26 @@ def open_run(root: str | Path, *, base: str | Path | None = None, name: str | No
         if missing and len(found) > 1:
             warnings.warn(f"{root}: steps {missing} are missing (save_total_limit rotation?); "
                           "EffOPD replay needs every power of two", stacklevel=2)
-    if lora:
-        ckpts = {s: LoraCheckpoint(p, base_ck, allow_pickle=allow_pickle, scaling=lora_scaling)
-                 for s, p in sorted(found.items())}
-    else:
-        ckpts = {s: Checkpoint(p, allow_pickle=allow_pickle) for s, p in sorted(found.items())}
-    return Run(name or root.name, root, base_ck, ckpts)
+    ckpts = {}
+    for s, p in sorted(found.items()):
+        try:
+            ckpts[s] = (LoraCheckpoint(p, base_ck, allow_pickle=allow_pickle, scaling=lora_scaling) if lora
+                        else Checkpoint(p, allow_pickle=allow_pickle))
+        except CheckpointError as e:
+            raise CheckpointError(e.message, hint=_step_hint(s, found, e.hint)) from None
+    return Run(name or run_name(root), root, base_ck, ckpts)
+
+
+def run_name(root: str | Path) -> str:
+    """The default label of a run: its directory's name, resolved (``analyze .`` is named after the directory)."""
+    resolved = Path(root).resolve()
+    return resolved.name or str(resolved)
+
+
+def _step_hint(step: int, found: dict[int, Path], hint: str | None) -> str:
+    """An unreadable step's hint: the newest one may still be being written (a live run), so offer ``--steps``."""
+    others = ",".join(str(s) for s in sorted(found) if s != step)
+    if step == max(found) and others:
+        return (f"if it is still being written (a live run), analyse the complete steps with --steps {others}"
+                + (f"; else {hint}" if hint else ""))
+    return (hint + "; " if hint else "") + (f"or leave step {step} out with --steps {others}" if others else "")

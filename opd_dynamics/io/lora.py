@@ -39,7 +39,7 @@ from typing import Any
 
 import torch
 
-from ..errors import CheckpointError, OPDError
+from ..errors import CheckpointError, OPDError, read_json
 from ..linalg import Factored
 from .checkpoint import Checkpoint, has_weights
 from .safetensors_file import SafetensorsFile
@@ -70,10 +70,9 @@ def pattern_value(patterns: dict[str, Any] | None, module: str, default):
 
 def read_adapter_config(path: Path) -> dict[str, Any]:
     p = path / ADAPTER_CONFIG
-    try:
-        cfg = json.loads(p.read_text())
-    except json.JSONDecodeError:
-        raise CheckpointError(f"{p}: not valid JSON", hint="re-save the adapter") from None
+    cfg = read_json(p, hint="re-save the adapter", error=CheckpointError)
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{p}: not an adapter config (a JSON object)", hint="re-save the adapter")
     peft_type = str(cfg.get("peft_type", "LORA")).upper()
     if peft_type != "LORA":
         raise CheckpointError(f"{p}: peft_type {peft_type!r} is not LoRA", hint="only LoRA adapters can be analysed")
