@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import shutil
+import struct
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
@@ -69,6 +70,19 @@ def case_analyze_dangling_step(tmp, runs, res):
     d = _copy_run(runs, tmp)
     (d / "checkpoint-16").symlink_to(tmp / "unmounted" / "checkpoint-16")
     return ["analyze", d, "--base", runs["base"]], tmp / "out", "checkpoint-16: a dangling symlink"
+
+
+def case_analyze_overlapping_offsets(tmp, runs, res):
+    d = _copy_run(runs, tmp)
+    f = d / "checkpoint-4" / "model.safetensors"
+    blob = f.read_bytes()
+    n = struct.unpack("<Q", blob[:8])[0]
+    header = json.loads(blob[8:8 + n])
+    k = "model.layers.0.self_attn.k_proj.weight"
+    header[k.replace("k_proj", "v_proj")]["data_offsets"] = header[k]["data_offsets"]  # v_proj reads k_proj's bytes
+    h = json.dumps(header).encode()
+    f.write_bytes(struct.pack("<Q", len(h)) + h + blob[8 + n:])
+    return ["analyze", d, "--base", runs["base"]], tmp / "out", "checkpoint-4/model.safetensors: corrupt safetensors"
 
 
 def case_analyze_config_not_utf8(tmp, runs, res):
