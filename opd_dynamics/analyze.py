@@ -22,6 +22,7 @@ import torch
 from .engine import run_metrics
 from .errors import OPDError
 from .io.discovery import Run, open_run
+from .io.storage import StorageConfig
 from .metrics.registry import DEFAULT_METRICS, Spec
 from .select import Selector
 from .table import from_rows, save
@@ -47,8 +48,10 @@ def _specs(metrics: Sequence[str | Spec] | None) -> list[Spec]:
 
 def open_runs(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] | None = None,
               names: Sequence[str] | None = None, steps: Sequence[int] | None = None,
-              allow_pickle: bool = False, lora_scaling: float | None = None) -> list[Run]:
-    """Discover several runs; ``base`` is one directory for all or one per run."""
+              allow_pickle: bool = False, lora_scaling: float | None = None,
+              storage: StorageConfig | dict | None = None) -> list[Run]:
+    """Discover several runs; ``base`` is one directory for all or one per run (paths or URLs)."""
+    storage = _storage(storage)
     if not paths:
         raise OPDError("no run directories given", hint="opd-dynamics analyze RUN_DIR [RUN_DIR ...] --base BASE_DIR")
     bases = list(base) if isinstance(base, (list, tuple)) else [base] * len(paths)
@@ -56,12 +59,16 @@ def open_runs(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] 
         raise OPDError(f"{len(bases)} bases for {len(paths)} runs", hint="give one --base, or one per run")
     names = list(names) if names else [None] * len(paths)
     runs = [open_run(p, base=b, name=n, steps=list(steps) if steps else None, allow_pickle=allow_pickle,
-                     lora_scaling=lora_scaling) for p, b, n in zip(paths, bases, names)]
+                     lora_scaling=lora_scaling, storage=storage) for p, b, n in zip(paths, bases, names)]
     seen = Counter(r.name for r in runs)
     dup = [n for n, c in seen.items() if c > 1]
     if dup:
         raise OPDError(f"two runs are named {dup[0]!r}", hint="label them with --name, one per run")
     return runs
+
+
+def _storage(storage: StorageConfig | dict | None) -> StorageConfig | None:
+    return StorageConfig(options=dict(storage)) if isinstance(storage, dict) else storage
 
 
 def manifest(runs: list[Run], specs: list[Spec], **settings) -> dict:
@@ -94,11 +101,14 @@ def analyze(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] | 
             select: Sequence[str] | Selector | None = None, against: str | int = "base",
             steps: Sequence[int] | None = None, device: str = "auto", spectrum_method: str = "gram",
             allow_pickle: bool = False, nonfinite: str = "error", lora_scaling: float | None = None,
-            out: PathLike | None = None, csv: bool = False, progress: bool = True) -> pd.DataFrame:
+            storage: StorageConfig | dict | None = None, out: PathLike | None = None, csv: bool = False,
+            progress: bool = True) -> pd.DataFrame:
     """Compute update-geometry metrics for every module at every saved step of one or more runs.
 
     Args:
-        paths: run directories (``checkpoint-N/``, ``global_step_N/``, ``step_N/`` layouts) or single checkpoints.
+        paths: run directories (``checkpoint-N/``, ``global_step_N/``, ``step_N/`` layouts) or single checkpoints,
+            local or as fsspec URLs (``s3://bucket/run/``, ``gs://``, ``az://``, ``hf://org/repo@step-*``), read by
+            byte range (docs/remote.md).
         base: the model training started from (W₀): one directory for all runs, or one per run.
             Default: each run's step-0 checkpoint.
         names: labels for the ``run`` column (default: directory names).
@@ -113,6 +123,8 @@ def analyze(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] | 
             number computed beside it would be meaningless.
         lora_scaling: for runs of PEFT adapters, the s in ΔW = s·B·A (overrides adapter_config.json's α/r;
             needed when an exporter wrote ``lora_alpha: 0``).
+        storage: for URLs: a :class:`~opd_dynamics.io.storage.StorageConfig` (fsspec options, retries, cache), or
+            just the fsspec options as a dict (``{"endpoint_url": "http://127.0.0.1:9000"}``).
         out: directory to write ``metrics.parquet`` + ``manifest.json`` into (nothing written on error).
         csv: also write ``metrics.csv``.
 
@@ -122,7 +134,8 @@ def analyze(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] | 
     specs = _specs(metrics)
     selector = select if isinstance(select, Selector) else Selector.parse(list(select or []))
     dev = resolve_device(device)
-    runs = open_runs(paths, base=base, names=names, steps=steps, allow_pickle=allow_pickle, lora_scaling=lora_scaling)
+    runs = open_runs(paths, base=base, names=names, steps=steps, allow_pickle=allow_pickle, lora_scaling=lora_scaling,
+                     storage=storage)
     rows = run_metrics(runs, specs, selector=selector, against=against, device=dev,
                        spectrum_method=spectrum_method, nonfinite=nonfinite, progress=progress)
     df = from_rows(rows)

@@ -35,6 +35,7 @@ from typing import Callable, Sequence
 import pandas as pd
 
 from .errors import OPDError
+from .io.storage import StorageConfig, as_path, is_remote
 from .summary import ORDER, table1
 from .table import BODY_KINDS, COLUMNS, DTYPES, KIND, MANIFEST_NAME, METRIC, RUN, STEP, VALUE, validate
 
@@ -53,6 +54,11 @@ class Inputs:
 
 
 def _read(path: Path) -> pd.DataFrame:
+    if is_remote(path):  # results are small: one ranged read of the whole file
+        import io
+
+        data = io.BytesIO(bytes(path.storage.read_range(path.key, 0, path.stat().st_size)))
+        return pd.read_parquet(data) if path.suffix == ".parquet" else pd.read_csv(data)
     return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
 
 
@@ -64,15 +70,15 @@ def _table_files(path: Path) -> list[Path]:
     return [p for p in files if not (p.suffix == ".csv" and p.stem in parquet)]  # metrics.csv mirrors the Parquet
 
 
-def load_inputs(paths: Sequence[PathLike]) -> Inputs:
-    """Read every long table and study frame under ``paths``; refuse a run that two inputs both define."""
+def load_inputs(paths: Sequence[PathLike], storage: StorageConfig | None = None) -> Inputs:
+    """Read every long table and study frame under ``paths`` (local or URLs); refuse a run that two inputs both define."""
     from .plots.frames import is_study_frame, validate_study
 
     if not paths:
         raise OPDError("no results given", hint="opd-dynamics report RESULTS_DIR [RESULTS_DIR ...] -o report/")
     tables, studies, sources, owner, seen = [], [], [], {}, set()
     for raw in paths:
-        path = Path(raw)
+        path = as_path(raw, storage)
         if not path.exists():
             raise OPDError(f"{path}: no such file or directory", hint="pass a directory written by analyze -o")
         found = False
@@ -326,7 +332,7 @@ def _replace_dir(tmp: Path, out: Path) -> None:
 
 
 def build_report(results: Sequence[PathLike], out: PathLike, *, title: str = "opd-dynamics report",
-                 formats: Sequence[str] = ("png", "pdf")) -> Path:
+                 formats: Sequence[str] = ("png", "pdf"), storage: StorageConfig | dict | None = None) -> Path:
     """Build the report from results directories or table files into ``out``; return the ``index.html`` path.
 
     Args:
@@ -334,6 +340,8 @@ def build_report(results: Sequence[PathLike], out: PathLike, *, title: str = "op
         out: report directory; replaced only by a complete report, and only if it holds an earlier report.
         title: page title.
         formats: figure files to write besides the embedded PNG (``png``, ``pdf``, ``svg``).
+        storage: for results given as URLs (``s3://bucket/results/opd``): fsspec options as a dict, or a
+            :class:`~opd_dynamics.io.storage.StorageConfig`.
 
     Figures whose metrics are absent are listed under "Not drawn" with the metric to compute.
     """
@@ -343,7 +351,7 @@ def build_report(results: Sequence[PathLike], out: PathLike, *, title: str = "op
     bad = set(formats) - {"png", "pdf", "svg"}
     if bad:
         raise OPDError(f"figure formats {sorted(bad)} not supported", hint="choose from png, pdf, svg")
-    inputs = load_inputs(results)
+    inputs = load_inputs(results, StorageConfig(options=dict(storage)) if isinstance(storage, dict) else storage)
     order = list(dict.fromkeys(list(inputs.table[RUN].unique()) +
                                (list(inputs.studies["run"].unique()) if inputs.studies is not None else [])))
     colors = run_colors(order)

@@ -24,6 +24,7 @@ import torch
 
 from ..errors import CheckpointError
 from .safetensors_file import SafetensorsFile
+from .storage import as_path, is_remote
 
 ST_INDEX, ST_SINGLE = "model.safetensors.index.json", "model.safetensors"
 BIN_INDEX, BIN_SINGLE = "pytorch_model.bin.index.json", "pytorch_model.bin"
@@ -39,12 +40,12 @@ class Checkpoint:
     """Lazy view of one model directory: names, shapes and dtypes from headers; tensors one at a time."""
 
     def __init__(self, path: str | os.PathLike, *, allow_pickle: bool = False):
-        self.path = Path(path)
+        self.path = as_path(path)
         if not self.path.is_dir():
             raise CheckpointError(f"{self.path}: no such directory", hint="check the path")
         self.allow_pickle = allow_pickle
         self._files: dict[str, Any] = {}   # file path -> SafetensorsFile | dict of tensors
-        self._where: dict[str, str] = {}    # tensor name -> file path
+        self._where: dict[str, Any] = {}    # tensor name -> file path (a Path or a RemotePath)
         self.format = self._open()
         self.reads = 0  # tensors read so far (tests check the engine reads each once)
 
@@ -80,7 +81,7 @@ class Checkpoint:
             raise CheckpointError(f"{p}: not valid JSON", hint="re-save the model config") from None
 
     def file_of(self, name: str) -> Path:
-        return Path(self._where[name])
+        return self._where[name]
 
     def __contains__(self, name: str) -> bool:
         return name in self._where
@@ -91,7 +92,7 @@ class Checkpoint:
     # -- opening ----------------------------------------------------------------------------------
     def _file(self, name: str):
         try:
-            return self._files[self._where[name]]
+            return self._files[str(self._where[name])]
         except KeyError:
             raise CheckpointError(f"{self.path}: no tensor {name!r}", hint="check --select or the model family") from None
 
@@ -104,6 +105,10 @@ class Checkpoint:
             self._open_safetensors(p / ST_SINGLE)
             return "safetensors"
         if (p / BIN_INDEX).exists() or (p / BIN_SINGLE).exists():
+            if is_remote(p):
+                raise CheckpointError(f"{p}: holds only pickled weights (pytorch_model.bin), which cannot be read "
+                                      "by byte range from remote storage",
+                                      hint="convert the checkpoint to safetensors, or copy it to local disk")
             if not self.allow_pickle:
                 raise CheckpointError(f"{p}: holds only pickle weights (pytorch_model.bin)",
                                       hint="pass --allow-pickle to load them with weights_only=True, or convert to safetensors")
@@ -146,7 +151,7 @@ class Checkpoint:
             raise CheckpointError(f"{path}: index names {len(missing)} tensor(s) not in this shard, e.g. {missing[0]!r}",
                                   hint="the shard and its index disagree; re-save the checkpoint")
         for k in f.keys() if only is None else sorted(only):
-            self._where[k] = str(path)
+            self._where[k] = path
 
     def _open_bin(self, path: Path, only: set[str] | None = None) -> None:
         try:
@@ -159,4 +164,4 @@ class Checkpoint:
         self._files[str(path)] = sd
         for k, v in sd.items():
             if isinstance(v, torch.Tensor) and (only is None or k in only):
-                self._where[k] = str(path)
+                self._where[k] = path

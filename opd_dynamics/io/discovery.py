@@ -23,8 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import CheckpointError, OPDError
+from . import hub
 from .checkpoint import Checkpoint, has_weights
 from .lora import LoraCheckpoint, base_of, has_adapter
+from .storage import StorageConfig, as_path
 
 _STEP_DIR = re.compile(r"^(?:checkpoint|global_step|step|iter|ckpt)[-_]?(\d+)$")
 
@@ -55,7 +57,7 @@ def _weights_dir(d: Path) -> Path | None:
 
 
 def _single_step(d: Path) -> int:
-    m = _STEP_DIR.match(d.name)
+    m = _STEP_DIR.match(d.name.rpartition("@")[2])  # hf://org/repo@step-100: the revision names the step
     if m:
         return int(m.group(1))
     state = d / "trainer_state.json"
@@ -67,9 +69,21 @@ def _single_step(d: Path) -> int:
     return 1
 
 
-def find_steps(root: str | Path) -> dict[int, Path]:
-    """Map step -> weights directory for every checkpoint under ``root`` (one level of step dirs)."""
-    root = Path(root)
+def find_steps(root: str | Path, storage: StorageConfig | None = None) -> dict[int, Path]:
+    """Map step -> weights directory for every checkpoint under ``root`` (one level of step dirs).
+
+    ``root`` may be a URL (``s3://bucket/run/``): the same layouts are found in the remote listing, and
+    ``hf://org/repo@step-*`` (or ``@a,b``) is a run whose checkpoints are the matching revisions.
+    """
+    root = as_path(root, storage)
+    if hub.is_revision_set(root):
+        found = {}
+        for step, rev in hub.revisions(root).items():
+            wd = _weights_dir(rev)
+            if wd is None:
+                raise CheckpointError(f"{rev}: a revision without HF weights", hint="check the revision list")
+            found[step] = wd
+        return found
     if not root.exists():
         raise OPDError(f"{root}: no such directory", hint="check the path")
     if not root.is_dir():
@@ -118,7 +132,7 @@ def powers_of_two_missing(steps) -> list[int]:
 
 def open_run(root: str | Path, *, base: str | Path | None = None, name: str | None = None,
              steps: list[int] | None = None, allow_pickle: bool = False, warn_missing: bool = True,
-             lora_scaling: float | None = None) -> Run:
+             lora_scaling: float | None = None, storage: StorageConfig | None = None) -> Run:
     """Discover a run's checkpoints and its base.
 
     Args:
@@ -128,9 +142,11 @@ def open_run(root: str | Path, *, base: str | Path | None = None, name: str | No
         steps: keep only these steps (default: all found, step 0 excluded since it is the base).
         allow_pickle: also read ``pytorch_model.bin`` (with ``weights_only=True``).
         lora_scaling: for LoRA runs, the scaling s in ΔW = s·B·A, overriding adapter_config.json's α/r.
+        storage: how URLs (``s3://``, ``hf://``, …) given as ``root`` or ``base`` are reached
+            (:class:`~opd_dynamics.io.storage.StorageConfig`).
     """
-    root = Path(root)
-    found = find_steps(root)
+    root = as_path(root, storage)
+    found = find_steps(root, storage)
     lora = {s: p for s, p in found.items() if not has_weights(p)}  # adapter-only step directories
     if lora and len(lora) != len(found):
         raise OPDError(f"{root}: mixes LoRA adapters ({sorted(lora)}) and full checkpoints "
@@ -141,7 +157,8 @@ def open_run(root: str | Path, *, base: str | Path | None = None, name: str | No
             raise OPDError(f"{root}: only a step-0 adapter, nothing to compare", hint="point at a run with saved steps")
         base = base if base is not None else base_of(next(iter(found.values())))
     if base is not None:
-        base_ck = Checkpoint(_weights_dir(Path(base)) or Path(base), allow_pickle=allow_pickle)
+        base = as_path(base, storage)
+        base_ck = Checkpoint(_weights_dir(base) or base, allow_pickle=allow_pickle)
     elif 0 in found:
         base_ck = Checkpoint(found[0], allow_pickle=allow_pickle)
     else:
@@ -166,4 +183,4 @@ def open_run(root: str | Path, *, base: str | Path | None = None, name: str | No
                  for s, p in sorted(found.items())}
     else:
         ckpts = {s: Checkpoint(p, allow_pickle=allow_pickle) for s, p in sorted(found.items())}
-    return Run(name or root.name, root, base_ck, ckpts)
+    return Run(name or hub.run_name(root), root, base_ck, ckpts)
