@@ -94,9 +94,9 @@ class Proxy:
                     break
                 body += chunk
             if any(d in path for d in self.deny):
+                self.log.append((method, path, 403, 0, rng))  # logged before the client can see the answer
                 client.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Type: application/xml\r\nContent-Length: "
                                + str(len(DENIED)).encode() + b"\r\nConnection: close\r\n\r\n" + DENIED)
-                self.log.append((method, path, 403, 0, rng))
                 return
             lines = [ln for ln in head.split(b"\r\n") if not ln.lower().startswith(b"connection:")]
             with socket.create_connection(("127.0.0.1", self.upstream)) as up:
@@ -110,12 +110,12 @@ class Proxy:
             rhead, _, rbody = resp.partition(b"\r\n\r\n")
             status = int(rhead.split(b" ")[1]) if rhead else 0
             if method == "GET" and any(c in path for c in self.cut) and len(rbody) > 1:
-                client.sendall(rhead + b"\r\n\r\n" + rbody[: len(rbody) // 2])
                 self.log.append((method, path, -1, len(rbody) // 2, rng))
+                client.sendall(rhead + b"\r\n\r\n" + rbody[: len(rbody) // 2])
                 client.shutdown(socket.SHUT_RDWR)
                 return
-            client.sendall(resp)
             self.log.append((method, path, status, len(rbody) if method == "GET" else 0, rng))
+            client.sendall(resp)
 
 
 class S3Server:

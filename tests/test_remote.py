@@ -125,7 +125,7 @@ def test_header_cache_skips_refetching_unchanged_headers(s3, proxy, tmp_path):
 def _cli(*args, proxy, out):
     env = {**os.environ, **CREDS}
     r = subprocess.run([*CLI, "analyze", *map(str, args), "--storage-option", f"endpoint_url={proxy.url}",
-                        "--no-cache", "--retries", "1", "-o", str(out), "-q"],
+                        "--no-remote-cache", "--retries", "1", "-o", str(out), "-q"],
                        capture_output=True, text=True, env=env, timeout=300)
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert r.returncode == 2, r.stderr
