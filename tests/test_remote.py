@@ -163,6 +163,13 @@ def test_no_such_run_and_pickles_are_clear_errors(s3, proxy, tmp_path):
     with pytest.raises(CheckpointError, match=r"pytorch_model.bin\), which cannot be read by byte range"):
         od.analyze(["s3://bkt/pickled"], base="s3://bkt/models/base", storage=_config(proxy), allow_pickle=True,
                    progress=False)
+    rank = tmp_path / "verl" / "global_step_1" / "actor"  # detected from the listing, then refused with the reason
+    rank.mkdir(parents=True)
+    (rank / "model_world_size_1_rank_0.pt").write_bytes(b"not read")
+    s3["server"].upload(tmp_path / "verl", "bkt", "verl")
+    with pytest.raises(CheckpointError, match=r"^s3://bkt/verl/global_step_1/actor: a verl-fsdp checkpoint cannot be "
+                                              r"read from remote storage \(its rank files are pickles"):
+        od.analyze(["s3://bkt/verl"], base="s3://bkt/models/base", storage=_config(proxy), progress=False)
 
 
 def test_a_missing_backend_names_its_extra():

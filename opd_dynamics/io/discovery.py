@@ -4,7 +4,8 @@ Layouts (step N parsed from the directory name):
 
 - HF Trainer / TRL: ``run/checkpoint-N/`` (with DeepSpeed: ``checkpoint-N/global_stepN/``)
 - verl: ``run/global_step_N/actor/huggingface/`` (HF export) or ``run/global_step_N/actor/`` (FSDP rank shards)
-- torchtitan ``run/step-N/``, NeMo-RL ``run/step_N/policy/weights/``, plain ``run/stepN/``
+- torchtitan ``run/step-N/`` (``run/checkpoint/step-N/`` entered), accelerate FSDP
+  ``run/checkpoint-N/pytorch_model_fsdp_0/``, NeMo-RL ``run/step_N/policy/weights/``, plain ``run/stepN/``
 - Megatron: ``run/iter_000000N/`` (``latest_checkpointed_iteration.txt`` beside them)
 - OpenRLHF / DeepSpeed: ``run/_actor/global_stepN/`` (``latest`` beside them); ``run/_actor/`` is entered
 - a directory that is itself one checkpoint (step from its name, else ``trainer_state.json``'s
@@ -53,8 +54,9 @@ class Run:
         return f"Run({self.name!r}, steps={sorted(self.steps)}, base={str(self.base.path)!r})"
 
 
-#: sub-directories a run root may hold its step directories in (OpenRLHF's DeepSpeed actor)
-_NESTED_ROOTS = ("_actor",)
+#: sub-directories a run root may hold its step directories in (OpenRLHF's DeepSpeed actor, torchtitan's
+#: ``checkpoint.folder``)
+_NESTED_ROOTS = ("_actor", "checkpoint")
 
 
 def _weights_dir(d: Path) -> Path | None:

@@ -21,8 +21,13 @@ class RemotePath:
         self.storage, self.key = storage, key.rstrip("/")
 
     def __truediv__(self, other: str) -> "RemotePath":
-        other = str(other).strip("/")
-        return self if not other else RemotePath(self.storage, f"{self.key}/{other}")
+        out = self
+        for part in str(other).split("/"):
+            if part == "..":
+                out = out.parent
+            elif part not in ("", "."):
+                out = RemotePath(self.storage, f"{out.key}/{part}")
+        return out
 
     @property
     def name(self) -> str:

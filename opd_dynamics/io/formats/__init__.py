@@ -25,10 +25,15 @@ from types import ModuleType
 
 from ...errors import CheckpointError
 from ..reader import Reader
-from ..storage import as_path
-from . import peft, safetensors
+from ..storage import as_path, is_remote
+from . import dcp, megatron, peft, safetensors, verl_fsdp
 
-FORMATS: tuple[ModuleType, ...] = (safetensors, peft)
+FORMATS: tuple[ModuleType, ...] = (safetensors, peft, verl_fsdp, megatron, dcp)
+
+#: formats whose readers take their bytes from a Storage (docs/remote.md), so they also read s3://, hf://, …;
+#: the others are detected remotely (file names only) and then refused with the reason
+REMOTE_READY = frozenset({"safetensors", "peft-lora"})
+_NOT_REMOTE_WHY = {"verl-fsdp": "its rank files are pickles, which cannot be read by byte range"}
 
 
 def detect(step_dir: str | Path) -> tuple[ModuleType, Path] | None:
@@ -70,6 +75,10 @@ def open(path: str | Path, *, allow_pickle: bool = False, base_config: dict | No
     if hit is None:  # let the HF reader explain what it found instead (shards without index, .pt files, nothing)
         return safetensors.open(path, allow_pickle=allow_pickle, base_config=base_config)
     fmt, where = hit
+    if is_remote(where) and fmt.FORMAT not in REMOTE_READY:
+        why = _NOT_REMOTE_WHY.get(fmt.FORMAT, "its reader does not read from remote storage yet")
+        raise CheckpointError(f"{where}: a {fmt.FORMAT} checkpoint cannot be read from remote storage ({why})",
+                              hint="copy it to local disk, or export it to HF safetensors")
     kw = {"base": base, **options} if getattr(fmt, "NEEDS_BASE", False) else {}
     return fmt.open(where, allow_pickle=allow_pickle, base_config=base_config, **kw)
 
