@@ -41,7 +41,7 @@ def read_json(path, *, hint: str = "re-save the file", error: type[OPDError] = O
     import json
     from pathlib import Path
 
-    p = Path(path)
+    p = path if hasattr(path, "read_bytes") else Path(path)  # a local path or a storage path (s3://, hf://)
     try:
         return json.loads(p.read_bytes().decode("utf-8"))
     except OSError as e:

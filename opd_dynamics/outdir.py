@@ -171,8 +171,9 @@ class Claim:
         """Temporary directories of writers that were killed (SIGKILL, power loss): nobody else holds this lock."""
         for p in self.out.parent.glob(f".{self.out.name}.tmp-*"):
             shutil.rmtree(p, ignore_errors=True)
-        for p in self.out.parent.glob(f".{self.out.name}.old-*"):
-            shutil.rmtree(p, ignore_errors=True)
+        for kind in ("old", "states"):  # ``states``: the analysis cache's staging (:mod:`opd_dynamics.cache`)
+            for p in self.out.parent.glob(f".{self.out.name}.{kind}-*"):
+                shutil.rmtree(p, ignore_errors=True)
 
 
 _HELD: dict[Path, Claim] = {}

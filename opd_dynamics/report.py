@@ -33,6 +33,7 @@ from typing import Callable, Sequence
 import pandas as pd
 
 from .errors import OPDError, read_json
+from .io.storage import StorageConfig, as_path, is_remote
 from .outdir import claim
 from .summary import ORDER, table1
 from .table import BODY_KINDS, COLUMNS, DTYPES, KIND, MANIFEST_NAME, METRIC, RUN, STEP, VALUE, validate
@@ -52,6 +53,11 @@ class Inputs:
 
 
 def _read(path: Path) -> pd.DataFrame:
+    if is_remote(path):  # results are small: one ranged read of the whole file
+        import io
+
+        data = io.BytesIO(bytes(path.storage.read_range(path.key, 0, path.stat().st_size)))
+        return pd.read_parquet(data) if path.suffix == ".parquet" else pd.read_csv(data)
     return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
 
 
@@ -63,15 +69,15 @@ def _table_files(path: Path) -> list[Path]:
     return [p for p in files if not (p.suffix == ".csv" and p.stem in parquet)]  # metrics.csv mirrors the Parquet
 
 
-def load_inputs(paths: Sequence[PathLike]) -> Inputs:
-    """Read every long table and study frame under ``paths``; refuse a run that two inputs both define."""
+def load_inputs(paths: Sequence[PathLike], storage: StorageConfig | None = None) -> Inputs:
+    """Read every long table and study frame under ``paths`` (local or URLs); refuse a run that two inputs both define."""
     from .plots.frames import is_study_frame, validate_study
 
     if not paths:
         raise OPDError("no results given", hint="opd-dynamics report RESULTS_DIR [RESULTS_DIR ...] -o report/")
     tables, studies, sources, owner, seen = [], [], [], {}, set()
     for raw in paths:
-        path = Path(raw)
+        path = as_path(raw, storage)
         if not path.exists():
             raise OPDError(f"{path}: no such file or directory", hint="pass a directory written by analyze -o")
         found = False
@@ -308,7 +314,7 @@ def _version() -> str:
 # ---------------------------------------------------------------- build
 
 def build_report(results: Sequence[PathLike], out: PathLike, *, title: str = "opd-dynamics report",
-                 formats: Sequence[str] = ("png", "pdf")) -> Path:
+                 formats: Sequence[str] = ("png", "pdf"), storage: StorageConfig | dict | None = None) -> Path:
     """Build the report from results directories or table files into ``out``; return the ``index.html`` path.
 
     Args:
@@ -316,6 +322,8 @@ def build_report(results: Sequence[PathLike], out: PathLike, *, title: str = "op
         out: report directory; replaced only by a complete report, and only if it holds an earlier report.
         title: page title.
         formats: figure files to write besides the embedded PNG (``png``, ``pdf``, ``svg``).
+        storage: for results given as URLs (``s3://bucket/results/opd``): fsspec options as a dict, or a
+            :class:`~opd_dynamics.io.storage.StorageConfig`.
 
     Figures whose metrics are absent are listed under "Not drawn" with the metric to compute.
     """
@@ -323,7 +331,8 @@ def build_report(results: Sequence[PathLike], out: PathLike, *, title: str = "op
     if bad:
         raise OPDError(f"figure formats {sorted(bad)} not supported", hint="choose from png, pdf, svg")
     with claim(out) as held, held.staging() as tmp:  # -o checked and locked before any reading; swapped in whole
-        _build(load_inputs(results), tmp, title, formats)
+        inputs = load_inputs(results, StorageConfig(options=dict(storage)) if isinstance(storage, dict) else storage)
+        _build(inputs, tmp, title, formats)
     return held.out / "index.html"
 
 

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from opd_dynamics.analyze import analyze
+from opd_dynamics import analyze
 from opd_dynamics.outdir import claim
 from opd_dynamics.table import load
 from shards import reshard
@@ -91,13 +91,14 @@ def case_analyze_config_not_utf8(tmp, runs, res):
     return ["analyze", runs["opd"], "--base", base], tmp / "out", "config.json: not valid UTF-8"
 
 
-def case_analyze_newest_step_incomplete(tmp, runs, res):
+def case_analyze_step_missing_a_shard(tmp, runs, res):
+    # (an incomplete *newest* checkpoint is left out with a warning: tests/test_watch.py)
     d = _copy_run(runs, tmp)
     src = tmp / "single"
-    shutil.move(d / "checkpoint-8", src)
-    reshard(src, d / "checkpoint-8", n_shards=3)
-    next((d / "checkpoint-8").glob("model-00003-*.safetensors")).unlink()  # a live run still writing
-    return ["analyze", d, "--base", runs["base"]], tmp / "out", "--steps 1,2,4"
+    shutil.move(d / "checkpoint-4", src)
+    reshard(src, d / "checkpoint-4", n_shards=3)
+    next((d / "checkpoint-4").glob("model-00003-*.safetensors")).unlink()
+    return ["analyze", d, "--base", runs["base"]], tmp / "out", "leave step 4 out with --steps 1,2,8"
 
 
 def case_analyze_out_is_a_file(tmp, runs, res):
@@ -229,8 +230,8 @@ def test_rerun_replaces_result_whole_with_umask_modes_and_a_named_run(synthetic_
     r = cli()
     assert r.returncode == 0, r.stderr
     assert not (out / "metrics.csv").exists()  # a rerun without --csv leaves no stale table
-    for p in out.iterdir():
-        assert p.stat().st_mode & 0o777 == 0o644, p  # teammates can read results on a shared filesystem
+    for p in out.rglob("*"):  # teammates can read results on a shared filesystem
+        assert p.stat().st_mode & 0o777 == (0o755 if p.is_dir() else 0o644), p
     assert out.stat().st_mode & 0o777 == 0o755
     assert json.loads((out / "manifest.json").read_text())["settings"]["rows"] == len(load(out))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["my-run", "out"]  # no temp or lock left beside -o

@@ -22,7 +22,9 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError, read_json
+from .reader import read_config
 from .safetensors_file import SafetensorsFile
+from .storage import as_path, is_remote
 
 ST_INDEX, ST_SINGLE = "model.safetensors.index.json", "model.safetensors"
 BIN_INDEX, BIN_SINGLE = "pytorch_model.bin.index.json", "pytorch_model.bin"
@@ -37,13 +39,16 @@ def has_weights(path: Path) -> bool:
 class Checkpoint:
     """Lazy view of one model directory: names, shapes and dtypes from headers; tensors one at a time."""
 
-    def __init__(self, path: str | os.PathLike, *, allow_pickle: bool = False):
-        self.path = Path(path)
+    partial = False  # every tensor of the model is here (see opd_dynamics.io.reader)
+
+    def __init__(self, path: str | os.PathLike, *, allow_pickle: bool = False, base_config: dict | None = None):
+        self.path = as_path(path)
+        self._base_config = dict(base_config or {})
         if not self.path.is_dir():
             raise CheckpointError(f"{self.path}: no such directory", hint="check the path")
         self.allow_pickle = allow_pickle
         self._files: dict[str, Any] = {}   # file path -> SafetensorsFile | dict of tensors
-        self._where: dict[str, str] = {}    # tensor name -> file path
+        self._where: dict[str, Any] = {}    # tensor name -> file path (a Path or a RemotePath)
         self.format = self._open()
         self.reads = 0  # tensors read so far (tests check the engine reads each once)
 
@@ -69,19 +74,20 @@ class Checkpoint:
         first = next(iter(self._files.values()), None)
         return first.metadata() if isinstance(first, SafetensorsFile) else {}
 
+    def identity(self) -> str:
+        """Name, size, mtime and safetensors header hash of every file read (:mod:`opd_dynamics.io.identity`)."""
+        from .identity import files_identity
+
+        extra = [self.path / f for f in (ST_INDEX, BIN_INDEX, "config.json") if (self.path / f).exists()]
+        return files_identity([*{str(p): p for p in self._where.values()}.values(), *extra])
+
     @property
     def config(self) -> dict[str, Any]:
-        """``config.json`` of the directory (empty when absent)."""
-        p = self.path / "config.json"
-        if not p.exists():
-            return {}
-        cfg = read_json(p, hint="re-save the model config", error=CheckpointError)
-        if not isinstance(cfg, dict):
-            raise CheckpointError(f"{p}: not a model config (a JSON object)", hint="re-save the model config")
-        return cfg
+        """``config.json`` of the directory, else ``base_config`` (empty when neither)."""
+        return read_config(self.path / "config.json") or dict(self._base_config)
 
     def file_of(self, name: str) -> Path:
-        return Path(self._where[name])
+        return self._where[name]
 
     def __contains__(self, name: str) -> bool:
         return name in self._where
@@ -92,7 +98,7 @@ class Checkpoint:
     # -- opening ----------------------------------------------------------------------------------
     def _file(self, name: str):
         try:
-            return self._files[self._where[name]]
+            return self._files[str(self._where[name])]
         except KeyError:
             raise CheckpointError(f"{self.path}: no tensor {name!r}", hint="check --select or the model family") from None
 
@@ -105,6 +111,10 @@ class Checkpoint:
             self._open_safetensors(p / ST_SINGLE)
             return "safetensors"
         if (p / BIN_INDEX).exists() or (p / BIN_SINGLE).exists():
+            if is_remote(p):
+                raise CheckpointError(f"{p}: holds only pickled weights (pytorch_model.bin), which cannot be read "
+                                      "by byte range from remote storage",
+                                      hint="convert the checkpoint to safetensors, or copy it to local disk")
             if not self.allow_pickle:
                 raise CheckpointError(f"{p}: holds only pickle weights (pytorch_model.bin)",
                                       hint="pass --allow-pickle to load them with weights_only=True, or convert to safetensors")
@@ -118,8 +128,8 @@ class Checkpoint:
             raise CheckpointError(f"{p}: has {len(shards)} .safetensors shard(s) but no {ST_INDEX}",
                                   hint="restore the index file that names the shards")
         if any(p.glob("*.pt")) or any(p.glob("*.distcp")):
-            raise CheckpointError(f"{p}: holds sharded trainer state (FSDP/DCP .pt), not model weights",
-                                  hint="merge it to HF format first (e.g. verl's model_merger) and point at that directory")
+            raise CheckpointError(f"{p}: holds trainer state (.pt/.distcp files) in no layout opd-dynamics knows",
+                                  hint="see docs/layouts.md for the layouts read in place, or merge it to HF format")
         raise CheckpointError(f"{p}: no model weights (expected {ST_SINGLE} or {ST_INDEX})",
                               hint="point at a checkpoint directory")
 
@@ -148,7 +158,7 @@ class Checkpoint:
             raise CheckpointError(f"{path}: index names {len(missing)} tensor(s) not in this shard, e.g. {missing[0]!r}",
                                   hint="the shard and its index disagree; re-save the checkpoint")
         for k in f.keys() if only is None else sorted(only):
-            self._where[k] = str(path)
+            self._where[k] = path
 
     def _open_bin(self, path: Path, only: set[str] | None = None) -> None:
         try:
@@ -161,4 +171,4 @@ class Checkpoint:
         self._files[str(path)] = sd
         for k, v in sd.items():
             if isinstance(v, torch.Tensor) and (only is None or k in only):
-                self._where[k] = str(path)
+                self._where[k] = path

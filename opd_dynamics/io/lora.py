@@ -43,6 +43,7 @@ from ..errors import CheckpointError, OPDError, read_json
 from ..linalg import Factored
 from .checkpoint import Checkpoint, has_weights
 from .safetensors_file import SafetensorsFile
+from .storage import as_path, is_remote
 
 ADAPTER_CONFIG, ADAPTER_ST, ADAPTER_BIN = "adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"
 PREFIX = "base_model.model."
@@ -115,7 +116,7 @@ class LoraCheckpoint:
 
     def __init__(self, path: str | os.PathLike, base: Checkpoint, *, allow_pickle: bool = False,
                  scaling: float | None = None):
-        self.path = Path(path)
+        self.path = as_path(path)
         self.base = base
         self.reads = 0
         self.cfg = read_adapter_config(self.path)
@@ -185,6 +186,9 @@ class LoraCheckpoint:
         if st.exists():
             self._path = st
             return SafetensorsFile(st)
+        if is_remote(bin_):
+            raise CheckpointError(f"{bin_}: a pickled adapter cannot be read by byte range from remote storage",
+                                  hint="re-save the adapter as safetensors, or copy it to local disk")
         if not allow_pickle:
             raise CheckpointError(f"{bin_}: a pickle adapter (adapter_model.bin)",
                                   hint="pass --allow-pickle to load it with weights_only=True, or re-save as safetensors")

@@ -1,9 +1,12 @@
-"""A safetensors file read one tensor at a time with plain ``pread`` (no mmap, no pickle).
+"""A safetensors file read one tensor at a time by byte range (``pread`` locally, ranged GETs remotely; no mmap,
+no pickle).
 
 Why not ``safe_open``: it memory-maps the file, so every byte a long analysis touches stays counted in the
 process's resident memory until the handle closes, and a truncated file is only noticed when a read faults.
 Here the header is parsed and checked against the file size up front, and each ``get_tensor`` reads exactly
-that tensor's bytes into fresh memory.
+that tensor's bytes into fresh memory. The bytes come from a :mod:`~opd_dynamics.io.storage`: the header is one
+request (the first ``HEADER_PROBE`` bytes, then the rest only when the header is longer), each tensor one more, so the
+same code reads a local file, an S3 object or a Hub revision.
 
 >>> import tempfile, torch, safetensors.torch as st, os
 >>> p = os.path.join(tempfile.mkdtemp(), "m.safetensors")
@@ -17,11 +20,11 @@ from __future__ import annotations
 import json
 import os
 import struct
-from pathlib import Path
 
 import torch
 
 from ..errors import CheckpointError
+from .storage import as_path, storage_of
 
 DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -29,14 +32,18 @@ DTYPES: dict[str, torch.dtype] = {
     "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
 }
 _MAX_HEADER = 100_000_000  # the safetensors library refuses longer headers
+#: bytes read speculatively for the header: one request covers the length and the JSON of a 7B shard; whatever
+#: data follows in those bytes is kept and serves the tensors that lie inside it
+HEADER_PROBE = 64 * 2**10
 
 
 class SafetensorsFile:
     """Header of one ``.safetensors`` file, validated; tensors read on demand (``keys``, ``get_tensor``, ``metadata``)."""
 
     def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        self._entries, self._metadata, self._data_start = _parse_header(self.path)
+        self.path = as_path(path)
+        self._storage = storage_of(self.path)
+        self._entries, self._metadata, self._data_start, self._prefix = _parse_header(self.path, self._storage)
 
     def keys(self) -> list[str]:
         return list(self._entries)
@@ -58,41 +65,45 @@ class SafetensorsFile:
         """Read one tensor into fresh CPU memory, in its stored dtype."""
         entry = self._entries[name]
         start, end = entry["data_offsets"]
-        buf = bytearray(end - start)
-        with open(self.path, "rb", buffering=0) as fh:
-            fh.seek(self._data_start + start)
-            got = fh.readinto(buf)
-        if got != len(buf):
+        if end <= len(self._prefix):  # already fetched with the header
+            buf = bytearray(self._prefix[start:end])
+        else:
+            try:
+                buf = self._storage.read_range(self.path, self._data_start + start, end - start)
+            except OSError as e:
+                raise CheckpointError(f"{self.path}: cannot read tensor {name!r} ({e.strerror or e})",
+                                      hint="check the path and permissions") from None
+        if len(buf) != end - start:
             raise CheckpointError(f"{self.path}: truncated while reading tensor {name!r} "
-                                  f"({got} of {len(buf)} bytes)", hint="re-copy or re-save this checkpoint")
+                                  f"({len(buf)} of {end - start} bytes)", hint="re-copy or re-save this checkpoint")
         dtype = DTYPES[entry["dtype"]]
         if not buf:
             return torch.empty(entry["shape"], dtype=dtype)
         return torch.frombuffer(buf, dtype=dtype).reshape(entry["shape"])
 
 
-def _parse_header(path: Path) -> tuple[dict, dict, int]:
+def _parse_header(path, storage) -> tuple[dict, dict, int, bytearray]:
     fix = "re-copy or re-save this checkpoint"
     try:
-        size = path.stat().st_size
-        with open(path, "rb") as fh:
-            raw_len = fh.read(8)
-            if len(raw_len) < 8:
-                raise CheckpointError(f"{path}: not a safetensors file (only {size} bytes)", hint=fix)
-            (n,) = struct.unpack("<Q", raw_len)
-            if n > _MAX_HEADER or 8 + n > size:
-                raise CheckpointError(f"{path}: corrupt safetensors header (claims {n} header bytes, "
-                                      f"file has {size})", hint=fix)
-            raw = fh.read(n)
+        size = storage.stat(path).size
+        head = storage.read_range(path, 0, min(size, HEADER_PROBE), header=True)
+        if len(head) < 8:
+            raise CheckpointError(f"{path}: not a safetensors file (only {size} bytes)", hint=fix)
+        (n,) = struct.unpack("<Q", head[:8])
+        if n > _MAX_HEADER or 8 + n > size:
+            raise CheckpointError(f"{path}: corrupt safetensors header (claims {n} header bytes, "
+                                  f"file has {size})", hint=fix)
+        if 8 + n > len(head):
+            head += storage.read_range(path, len(head), 8 + n - len(head), header=True)
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read ({e.strerror})", hint="check the path and permissions") from None
     try:
-        header = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+        header = json.loads(bytes(head[8:8 + n]).decode("utf-8"), parse_constant=_no_constant)
         json.dumps(header, ensure_ascii=False).encode("utf-8")  # a lone surrogate escape ("\\ud800") is not text
     except (UnicodeError, ValueError, RecursionError):
         raise CheckpointError(f"{path}: corrupt safetensors header (not valid UTF-8 JSON)", hint=fix) from None
     entries, metadata = check_header(header, size - 8 - n, path)
-    return entries, metadata, 8 + n
+    return entries, metadata, 8 + n, head[8 + n:]
 
 
 def _no_constant(name: str):
@@ -114,7 +125,7 @@ def _nbytes(shape: list[int], dtype: str) -> int | None:
     return None if n >= 2**64 else n // 8
 
 
-def check_header(header, data_len: int, path: Path | str = "<header>") -> tuple[dict, dict]:
+def check_header(header, data_len: int, path=None) -> tuple[dict, dict]:
     """Validate a parsed header against a data section of ``data_len`` bytes, as strictly as the safetensors library.
 
     Rules (those of ``safetensors``' own ``Metadata::validate``): a JSON object; ``__metadata__`` absent, null or
@@ -124,6 +135,7 @@ def check_header(header, data_len: int, path: Path | str = "<header>") -> tuple[
     bytes. Returns ``(entries, metadata)``; anything else is a :class:`CheckpointError` naming the file.
     """
     fix = "re-copy or re-save this checkpoint"
+    path = "<header>" if path is None else path
 
     def bad(what: str) -> CheckpointError:
         return CheckpointError(f"{path}: corrupt safetensors header ({what})", hint=fix)
