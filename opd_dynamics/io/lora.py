@@ -39,10 +39,11 @@ from typing import Any
 
 import torch
 
-from ..errors import CheckpointError, OPDError
+from ..errors import CheckpointError, OPDError, read_json
 from ..linalg import Factored
 from .checkpoint import Checkpoint, has_weights
 from .safetensors_file import SafetensorsFile
+from .storage import as_path, is_remote
 
 ADAPTER_CONFIG, ADAPTER_ST, ADAPTER_BIN = "adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"
 PREFIX = "base_model.model."
@@ -70,10 +71,9 @@ def pattern_value(patterns: dict[str, Any] | None, module: str, default):
 
 def read_adapter_config(path: Path) -> dict[str, Any]:
     p = path / ADAPTER_CONFIG
-    try:
-        cfg = json.loads(p.read_text())
-    except json.JSONDecodeError:
-        raise CheckpointError(f"{p}: not valid JSON", hint="re-save the adapter") from None
+    cfg = read_json(p, hint="re-save the adapter", error=CheckpointError)
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{p}: not an adapter config (a JSON object)", hint="re-save the adapter")
     peft_type = str(cfg.get("peft_type", "LORA")).upper()
     if peft_type != "LORA":
         raise CheckpointError(f"{p}: peft_type {peft_type!r} is not LoRA", hint="only LoRA adapters can be analysed")
@@ -117,7 +117,7 @@ class LoraCheckpoint:
 
     def __init__(self, path: str | os.PathLike, base: Checkpoint, *, allow_pickle: bool = False,
                  scaling: float | None = None):
-        self.path = Path(path)
+        self.path = as_path(path)
         self.base = base
         self.reads = 0
         self.cfg = read_adapter_config(self.path)
@@ -199,6 +199,9 @@ class LoraCheckpoint:
         if st.exists():
             self._path = st
             return SafetensorsFile(st)
+        if is_remote(bin_):
+            raise CheckpointError(f"{bin_}: a pickled adapter cannot be read by byte range from remote storage",
+                                  hint="re-save the adapter as safetensors, or copy it to local disk")
         if not allow_pickle:
             raise CheckpointError(f"{bin_}: a pickle adapter (adapter_model.bin)",
                                   hint="pass --allow-pickle to load it with weights_only=True, or re-save as safetensors")
