@@ -21,7 +21,7 @@ import math
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Iterable, Iterator
 
 import torch
@@ -32,7 +32,7 @@ from .io.discovery import Run
 from .io.reader import Reader, nbytes, read_state
 from . import linalg
 from .linalg import Factored
-from .metrics.registry import Spec
+from .metrics.registry import Spec, settings_suffixes
 from .naming import Part, parts
 from .select import Selector
 from .view import ModuleView
@@ -177,7 +177,7 @@ def run_metrics(runs: list[Run], specs: list[Spec], *, selector: Selector = Sele
         raise OPDError(f"--nonfinite {nonfinite!r} not understood", hint="use error or nan")
     device = torch.device(device)
     limit_heap_growth()
-    built = [(s, s.info, s.build()) for s in specs]
+    built = [(s, replace(s.info, suffix=suffix), s.build()) for s, suffix in zip(specs, settings_suffixes(specs))]
     keep_after = any(info.needs_after for _, info, _ in built)
     plans = [p for run in runs for p in plan(run, selector)]
     first = 0 if against in ("base", "prev", 0) else against
@@ -249,7 +249,7 @@ def _read_order(refs: dict[int, int], todo: dict[int, object], against, first: i
 def _emit(p: TensorPlan, part: Part, step: int, ref_step: int, info, value) -> Iterator[Row]:
     values = value if isinstance(value, dict) else {info.outputs[0]: value}
     for metric, v in values.items():
-        yield (p.run.name, step, ref_step, part.name, part.layer, part.kind, metric, float(v))
+        yield (p.run.name, step, ref_step, part.name, part.layer, part.kind, metric + info.suffix, float(v))
 
 
 def _finite(x: torch.Tensor | Factored) -> bool:
