@@ -36,7 +36,7 @@ import pandas as pd
 
 from .errors import OPDError
 from .summary import ORDER, table1
-from .table import BODY_KINDS, COLUMNS, DTYPES, KIND, MANIFEST_NAME, METRIC, RUN, STEP, VALUE, validate
+from .table import BODY_KINDS, COLUMNS, DTYPES, KIND, MANIFEST_NAME, METRIC, RUN, STEP, VALUE, validate, with_expert
 
 PathLike = str | os.PathLike
 MARKER = "report.json"
@@ -93,7 +93,7 @@ def load_inputs(paths: Sequence[PathLike]) -> Inputs:
                 sources.append({"path": str(f), "kind": f"skipped ({tool} table; its study frame is drawn)"})
                 continue
             if set(COLUMNS) <= set(df.columns):
-                df = validate(df[list(COLUMNS)].astype(DTYPES))
+                df = validate(with_expert(df)[list(COLUMNS)].astype(DTYPES))
                 for run in df[RUN].unique():
                     if run in owner and owner[run] != f:
                         raise OPDError(f"run {run!r} is in both {owner[run]} and {f}",
