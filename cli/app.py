@@ -92,7 +92,7 @@ def analyze(
 
     with claimed(out), claimed(report_dir):  # -o and --report checked and locked before anything is read
         if watch:
-            from opd_dynamics.watch import follow
+            from opd_dynamics.live import follow
 
             if out is None or len(runs) != 1:
                 raise OPDError("--watch follows one run into one results directory",
@@ -114,7 +114,7 @@ def analyze(
             if out is not None:
                 typer.echo(f"wrote {len(df)} rows to {out}/metrics.parquet (+ manifest.json)", err=True)
         if df.attrs.get("skipped"):
-            from opd_dynamics.watch import EXIT_SKIPPED
+            from opd_dynamics.live import EXIT_SKIPPED
 
             raise typer.Exit(EXIT_SKIPPED)
 

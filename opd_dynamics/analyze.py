@@ -28,7 +28,7 @@ from .metrics.registry import DEFAULT_METRICS, Spec, unique_specs
 from .select import Selector
 from .outdir import claim
 from .table import from_rows, table_files
-from .watch import complete_steps
+from .live import complete_steps
 
 PathLike = str | os.PathLike
 
@@ -58,7 +58,7 @@ def open_runs(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] 
               storage: StorageConfig | dict | None = None, skip_incomplete: bool = True) -> list[Run]:
     """Discover several runs; ``base`` is one directory for all or one per run (paths or URLs).
 
-    With ``skip_incomplete`` a checkpoint still being written (:func:`opd_dynamics.watch.incomplete`) is left out
+    With ``skip_incomplete`` a checkpoint still being written (:func:`opd_dynamics.live.incomplete`) is left out
     with a warning; each run's ``skipped`` then maps its step to the reason. Remote runs are not checked: an object
     store shows an object only once its upload completed, and a shard still missing is a clear error.
     """
@@ -153,7 +153,7 @@ def analyze(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] | 
             ``df.attrs["skipped"]`` then lists them as ``run/step: reason``.
 
     Returns:
-        The long table ``run, step, ref_step, module, layer, kind, metric, value``.
+        The long table ``run, step, ref_step, module, layer, expert, kind, metric, value``.
     """
     with claim(out) if out is not None else nullcontext() as claimed:  # -o checked and locked before any reading
         specs = _specs(metrics)

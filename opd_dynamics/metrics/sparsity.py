@@ -96,7 +96,7 @@ def row_col_update_ratio(tolerance: Tolerance = "relative", eta: float = ETA, at
 def overall_sparsity(df: pd.DataFrame, by=("run", "step", "ref_step"), metric_name: str = "sparsity_bf16") -> pd.DataFrame:
     """Parameter-weighted overall sparsity from a long table: Σ sparsityᵢ·numelᵢ / Σ numelᵢ per group.
 
-    >>> rows = [("r", 1, 0, m, 0, "mlp_up", k, v) for m, s, n in (("a", 1.0, 10), ("b", 0.0, 30))
+    >>> rows = [("r", 1, 0, m, 0, None, "mlp_up", k, v) for m, s, n in (("a", 1.0, 10), ("b", 0.0, 30))
     ...         for k, v in (("sparsity_bf16", s), ("sparsity_bf16_numel", n))]
     >>> from opd_dynamics.table import from_rows
     >>> overall_sparsity(from_rows(rows))["sparsity_bf16"].tolist()
