@@ -24,7 +24,7 @@ from .engine import run_metrics
 from .errors import OPDError
 from .io.discovery import Run, open_run
 from .io.storage import StorageConfig, as_path, is_remote
-from .metrics.registry import DEFAULT_METRICS, Spec
+from .metrics.registry import DEFAULT_METRICS, Spec, unique_specs
 from .select import Selector
 from .outdir import claim
 from .table import from_rows, table_files
@@ -43,10 +43,13 @@ def resolve_device(device: str) -> torch.device:
 
 
 def _specs(metrics: Sequence[str | Spec] | None) -> list[Spec]:
+    """Parsed, checked specs; one metric may appear with several settings (labelled apart in the table), an exact
+    repeat is dropped."""
     specs = [m if isinstance(m, Spec) else Spec.parse(m) for m in (metrics or DEFAULT_METRICS)]
     for s in specs:
+        s.check()
         s.build()  # unknown names and bad settings fail here, before any reading
-    return specs
+    return unique_specs(specs)
 
 
 def open_runs(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] | None = None,
@@ -150,7 +153,7 @@ def analyze(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] | 
             ``df.attrs["skipped"]`` then lists them as ``run/step: reason``.
 
     Returns:
-        The long table ``run, step, ref_step, module, layer, kind, metric, value``.
+        The long table ``run, step, ref_step, module, layer, expert, kind, metric, value``.
     """
     with claim(out) if out is not None else nullcontext() as claimed:  # -o checked and locked before any reading
         specs = _specs(metrics)
