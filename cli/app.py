@@ -110,7 +110,7 @@ def analyze(
             wide = table1(df)
             if len(wide):
                 typer.echo("Mean over attention + MLP matrices (EffOPD Table 1 layout):")
-                typer.echo(format_table(wide))
+                typer.echo(format_table(wide, df))
             if out is not None:
                 typer.echo(f"wrote {len(df)} rows to {out}/metrics.parquet (+ manifest.json)", err=True)
         if df.attrs.get("skipped"):
@@ -137,7 +137,8 @@ def show(results: Annotated[Path, typer.Argument(help="Directory written by anal
     from opd_dynamics.summary import format_table, table1
     from opd_dynamics.table import load
 
-    typer.echo(format_table(table1(load(results), final_only=final)))
+    df = load(results)
+    typer.echo(format_table(table1(df, final_only=final), df))
 
 
 @app.command(epilog="""

@@ -84,7 +84,10 @@ class Memo:
         from .metrics.registry import settings_suffixes
 
         # a cell's rows carry the metric's name as labelled in this analysis (``name[setting]`` when asked twice)
-        self.specs = [json.dumps({**s.to_json(), "label": suffix}, sort_keys=True)
+        # a spec's cell key names every setting with the defaults filled in and the output rows, so a changed
+        # default (alignment_to_final's mode) or a new output row never reuses cells computed under the old one
+        self.specs = [json.dumps({"name": s.name, "args": {**s.info.defaults, **s.args}, "outputs": list(s.info.outputs),
+                                  "label": suffix}, sort_keys=True, default=str)
                       for s, suffix in zip(specs, settings_suffixes(specs))]
         self.trajectory = [s.info.trajectory for s in specs]
         self.settings = json.dumps(settings, sort_keys=True, default=str)

@@ -49,13 +49,17 @@ def run_demo(out: str | Path = "demo-out", *, preset: str = "default", seed: int
     wide = table1(df, final_only=True)
     keep = [c for c in ("run", "step", "spectral_norm", "spectral_ratio", "effective_rank", "top1pct_ratio",
                         "stable_rank", "sparsity_bf16") if c in wide.columns]  # alignment is 1 at the final step
-    echo(format_table(wide[keep]))
+    echo(format_table(wide[keep], df))
     early = table1(df)
     first = early.groupby("run").step.transform("min") == early.step
     if "alignment_to_final" in early:
         echo("")
-        echo("Alignment of the first checkpoint's update with the final one (top-20 left singular vectors): " +
-             ", ".join(f"{r.run} {_pct(r.alignment_to_final)}" for r in early[first].itertuples()) +
+        chance = early.get("alignment_to_final_chance")
+        echo("Subspace similarity of the first checkpoint's update with the final one (top-20 left singular "
+             "subspaces; a random subspace scores k/d): " +
+             ", ".join(f"{r.run} {_pct(r.alignment_to_final)}"
+                       + (f" (chance {_pct(chance[i])})" if chance is not None else "")
+                       for i, r in zip(early[first].index, early[first].itertuples())) +
              f" (step {int(early[first].step.min())})")
     echo(f"\nresults: {out / 'results'}   runs: {out / 'lab'}   wall seconds: {summary.get('wall_seconds', {})}")
     if report:

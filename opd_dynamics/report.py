@@ -35,7 +35,7 @@ import pandas as pd
 from .errors import OPDError, read_json
 from .io.storage import StorageConfig, as_path, is_remote
 from .outdir import claim
-from .summary import ORDER, table1
+from .summary import ORDER, informative, table1
 from .table import BODY_KINDS, COLUMNS, DTYPES, EXPERT, KIND, MANIFEST_NAME, METRIC, RUN, STEP, VALUE, validate, with_expert
 
 PathLike = str | os.PathLike
@@ -263,7 +263,8 @@ h1{font-size:1.6em;margin-bottom:.2em}h2{font-size:1.25em;border-bottom:1px soli
 .meta{color:#555;font-size:.9em}figure{margin:1.2em 0}figure img{max-width:100%;height:auto;border:1px solid #eee}
 figcaption{font-size:.9em;color:#444;margin-top:.4em}table{border-collapse:collapse;font-size:.85em}
 th,td{padding:.25em .6em;border-bottom:1px solid #e5e5e5;text-align:right}th{background:#f6f6f6}
-td:first-child,th:first-child{text-align:left}.scroll{overflow-x:auto}.swatch{display:inline-block;width:.9em;
+td:first-child,th:first-child{text-align:left}.scroll{overflow-x:auto;max-width:100%}
+th{overflow-wrap:anywhere;min-width:3.5em}.swatch{display:inline-block;width:.9em;
 height:.9em;border-radius:2px;margin:0 .3em -.1em .8em}.skipped{color:#8a5a00}code{font-size:.9em}
 """
 
@@ -283,15 +284,19 @@ def _inputs_html(inputs: Inputs, colors: dict[str, str]) -> str:
     return f"<ul>{''.join(items)}</ul><p>Run colours:{legend}</p>"
 
 
-def _page(title: str, inputs: Inputs, colors, t1: pd.DataFrame | None, drawn, skipped) -> str:
+def _page(title: str, inputs: Inputs, colors, t1: pd.DataFrame | None, drawn, skipped,
+          notes: Sequence[str] = ()) -> str:
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
              f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>",
              f"<p class='meta'>Built {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M} UTC by opd-dynamics "
              f"{html.escape(_version())}. Means are unweighted over attention + MLP matrices unless a caption says "
              "otherwise; layers are 0-based.</p>", "<h2>Inputs</h2>", _inputs_html(inputs, colors)]
     if t1 is not None and len(t1):
-        parts += ["<h2>Table 1 — final step</h2>", _html_table(t1),
-                  "<p class='meta'>Also in <code>tables/table1_final.csv</code> and <code>.tex</code>.</p>"]
+        parts += ["<h2>Table 1 — final step</h2>", _html_table(t1)]
+        parts += [f"<p class='meta'>Note: {html.escape(n)}</p>" for n in notes]
+        parts += ["<p class='meta'>Alignment and locking to the final update are 1 at the final step by construction "
+                  "and are not shown here (see the alignment figure). Also in <code>tables/table1_final.csv</code> "
+                  "and <code>.tex</code>.</p>"]
     for fig, png, width in drawn:  # shown at the figure's physical size (96 css px per inch), never blown up
         data = base64.b64encode(png).decode("ascii")
         parts.append(f"<h2 id='{fig.slug}'>{html.escape(fig.title)}</h2><figure><img alt='{html.escape(fig.title)}' "
@@ -348,9 +353,9 @@ def _build(inputs: Inputs, tmp: Path, title: str, formats: Sequence[str]) -> Non
     plt = pyplot()
     (tmp / "figures").mkdir()
     (tmp / "tables").mkdir()
-    t1 = None
+    t1, t1_notes = None, []
     if len(inputs.table):
-        t1 = _shown(table1(inputs.table, final_only=True), (RUN, STEP))
+        t1, t1_notes = informative(_shown(table1(inputs.table, final_only=True), (RUN, STEP)), inputs.table)
         t1.to_csv(tmp / "tables" / "table1_final.csv", index=False)
         (tmp / "tables" / "table1_final.tex").write_text(
             to_latex(t1, "Update geometry at the final step, mean over attention and MLP matrices."))
@@ -375,7 +380,7 @@ def _build(inputs: Inputs, tmp: Path, title: str, formats: Sequence[str]) -> Non
         finally:
             plt.close(mpl_fig)
         drawn.append((fig, png, int(mpl_fig.get_size_inches()[0] * 96)))
-    (tmp / "index.html").write_text(_page(title, inputs, colors, t1, drawn, skipped), encoding="utf-8")
+    (tmp / "index.html").write_text(_page(title, inputs, colors, t1, drawn, skipped, t1_notes), encoding="utf-8")
     (tmp / MARKER).write_text(json.dumps({
         "tool": "opd-dynamics report", "version": _version(), "title": title,
         "inputs": [{k: v for k, v in s.items() if k != "manifest"} for s in inputs.sources],

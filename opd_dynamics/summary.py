@@ -1,4 +1,13 @@
-"""EffOPD Table 1: per run and step, the unweighted mean over attention + MLP matrices of each metric."""
+"""EffOPD Table 1: per run and step, the unweighted mean over attention + MLP matrices of each metric.
+
+What the table shows is what is informative:
+
+- alignment to the final update and subspace locking are 1 at the final step by construction (the final update
+  compared with itself): they are blank there, and left out of the final-step table;
+- each similarity's chance level (``*_chance``) stands beside it;
+- top-1 % (EffOPD Table 1) keeps ⌈0.01·r⌉ singular values: for every matrix with numerical rank r ≤ 100 that
+  is one value, and the column is σ₁'s share again. :func:`informative` drops such a duplicate column and says so.
+"""
 from __future__ import annotations
 
 import pandas as pd
@@ -6,31 +15,69 @@ import pandas as pd
 from .table import BODY_KINDS, KIND, METRIC, RUN, STEP, VALUE
 
 ORDER = ("spectral_norm", "spectral_ratio", "effective_rank", "top1pct_ratio", "stable_rank",
-         "alignment_to_final", "subspace_locking", "frobenius", "relative_update")
-PERCENT = {"spectral_ratio", "top1pct_ratio", "alignment_to_final", "subspace_locking", "sparsity_bf16"}
+         "alignment_to_final", "alignment_to_final_chance", "subspace_locking", "subspace_locking_chance",
+         "frobenius", "relative_update")
+PERCENT = {"spectral_ratio", "top1pct_ratio", "alignment_to_final", "alignment_to_final_chance", "subspace_locking",
+           "subspace_locking_chance", "sparsity_bf16"}
+TO_FINAL = ("alignment_to_final", "alignment_to_final_chance", "subspace_locking", "subspace_locking_chance")
+"""Columns that compare a step with the run's final step: 1 (or their chance level) there by construction."""
+
+
+def _to_final(column: str) -> bool:
+    return column.split("[", 1)[0] in TO_FINAL
 
 
 def table1(df: pd.DataFrame, *, final_only: bool = False) -> pd.DataFrame:
     """Wide table: one row per (run, step), one column per metric, unweighted mean over attn/MLP matrices.
 
-    NaN values (zero updates) are left out of the means.
+    NaN values (zero updates) are left out of the means. Alignment / locking to the final step (and their chance
+    levels) are blank at each run's final step and absent from the ``final_only`` table: there they are 1 by
+    construction.
     """
     body = df[df[KIND].isin(BODY_KINDS)]
+    last = body.groupby(RUN, observed=True)[STEP].transform("max")
     if final_only:
-        last = body.groupby(RUN)[STEP].transform("max")
         body = body[body[STEP] == last]
+    else:
+        body = body.assign(**{VALUE: body[VALUE].where(~((body[STEP] == last) &
+                                                          body[METRIC].astype(str).map(_to_final)))})
     wide = body.groupby([RUN, STEP, METRIC], observed=True)[VALUE].mean().unstack(METRIC)
     cols = [c for c in ORDER if c in wide.columns] + sorted(c for c in wide.columns if c not in ORDER
                                                              and c not in ("min_dim", "numerical_rank"))
+    if final_only:
+        cols = [c for c in cols if not _to_final(c)]
     return wide[cols].reset_index()
 
 
-def format_table(wide: pd.DataFrame) -> str:
-    """Plain-text rendering with percentages where the paper uses them."""
-    shown = wide.copy()
+def informative(wide: pd.DataFrame, df: pd.DataFrame | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """``wide`` without columns that repeat another one, and a note saying what was left out and why.
+
+    top1pct_ratio equals spectral_ratio wherever ⌈0.01·r⌉ = 1 (every matrix of numerical rank r ≤ 100): then it
+    is σ₁'s share again, not a second finding. ``df`` (the long table) lets the note state the largest rank.
+    """
+    notes = []
+    if {"top1pct_ratio", "spectral_ratio"} <= set(wide.columns):
+        a, b = wide["top1pct_ratio"], wide["spectral_ratio"]
+        same = ((a - b).abs() <= 1e-6 * b.abs().clip(lower=1e-30)) | (a.isna() & b.isna())
+        if len(wide) and bool(same.all()):
+            wide = wide.drop(columns="top1pct_ratio")
+            rank = ""
+            if df is not None and "numerical_rank" in set(df[METRIC].astype(str)):
+                r = df[(df[METRIC] == "numerical_rank") & df[KIND].isin(BODY_KINDS)][VALUE].max()
+                rank = f" (largest numerical rank here: {int(r)})"
+            notes.append("top-1 % is not shown: 1 % of every matrix's rank is a single singular value "
+                         f"(⌈0.01·r⌉ = 1 for r ≤ 100{rank}), so it equals spectral_ratio (σ₁'s share).")
+    return wide, notes
+
+
+def format_table(wide: pd.DataFrame, df: pd.DataFrame | None = None) -> str:
+    """Plain-text rendering with percentages where the paper uses them; duplicate columns left out with a note."""
+    shown, notes = informative(wide, df)
+    shown = shown.copy()
     for c in shown.columns:
-        if c in PERCENT:
+        if c.split("[", 1)[0] in PERCENT:
             shown[c] = shown[c].map(lambda v: "—" if v != v else f"{100 * v:.1f}%")
         elif c not in (RUN, STEP):
             shown[c] = shown[c].map(lambda v: "—" if v != v else f"{v:.4g}")
-    return shown.to_string(index=False)
+    text = shown.to_string(index=False)
+    return "\n".join([text] + [f"note: {n}" for n in notes])

@@ -24,12 +24,16 @@ def compute(name: str, w0, wt, **args):
     return Spec(name, args).build()(view_of(w0, wt))
 
 
-def trajectory(name: str, w0, steps: dict[int, np.ndarray], **args) -> dict:
-    """Run a trajectory metric over {step: W_t}; returns {step: value}."""
+def trajectory(name: str, w0, steps: dict[int, np.ndarray], *, rows: bool = False, **args) -> dict:
+    """Run a trajectory metric over {step: W_t}; returns {step: value} (the row named ``name`` where the metric
+    returns several, e.g. a similarity and its ``_chance``), or every output row with ``rows=True``."""
     m = Spec(name, args).build()
     cache: dict = {}
     states = {s: m.collect(view_of(w0, wt, step=s, cache=cache)) for s, wt in sorted(steps.items())}
-    return m.finalize(states)
+    out = m.finalize(states)
+    if rows:
+        return out
+    return {s: v[name] if isinstance(v, dict) and name in v else v for s, v in out.items()}
 
 
 def low_rank_plus_noise(m: int, n: int, rank: int, noise: float, seed: int = 0, decay: float = 0.7) -> np.ndarray:

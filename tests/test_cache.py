@@ -148,3 +148,28 @@ def test_states_of_trajectory_metrics_are_kept_without_pickle(long_run, tmp_path
     assert files and all(f.stat().st_size < 2**20 for f in files)
     sd = load_file(files[0])
     assert all(t.dtype == torch.float64 for t in sd.values())
+
+
+def test_a_changed_default_does_not_reuse_cells_computed_under_the_old_one(long_run, tmp_path, monkeypatch):
+    """Cells are keyed on the effective settings (defaults filled in): when a metric's default changes (as
+    alignment_to_final's mode did, paired → subspace), a re-run recomputes them instead of serving stale numbers."""
+    import inspect
+
+    from opd_dynamics.metrics import direction
+    from opd_dynamics.metrics.registry import get
+
+    run, out = _partial(long_run, tmp_path / "opd", range(1, 5)), tmp_path / "res"
+    kw = dict(base=long_run["base"], metrics=["alignment_to_final"], progress=False)
+    now = analyze([run], out=out, **kw)
+    factory = get("alignment_to_final").factory
+    sig = inspect.signature(factory)
+    old = sig.replace(parameters=[p.replace(default="paired") if p.name == "mode" else p
+                                  for p in sig.parameters.values()])
+    monkeypatch.setattr(factory, "__signature__", old, raising=False)
+    monkeypatch.setattr(factory, "__defaults__", (20, "left", "paired"))
+    before = analyze([run], out=out, **kw)
+    assert _cells(out)["computed"] > 0
+    explicit = analyze([run], metrics=["alignment_to_final:mode=paired"], base=long_run["base"], progress=False)
+    pd.testing.assert_frame_equal(before, explicit)
+    assert not now[now.metric == "alignment_to_final"].value.equals(before[before.metric == "alignment_to_final"].value)
+    assert direction is not None

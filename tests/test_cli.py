@@ -23,7 +23,7 @@ def test_analyze_writes_table_and_prints_summary(synthetic_runs, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "EffOPD Table 1" in r.stdout and "opd" in r.stdout and "rl" in r.stdout
     df = load(out)
-    assert set(df.metric) == {"spectral_ratio", "alignment_to_final"}
+    assert set(df.metric) == {"spectral_ratio", "alignment_to_final", "alignment_to_final_chance"}
     assert set(df.run) == {"opd", "rl"}
     s = run("show", out, "--final")
     assert s.returncode == 0 and "spectral_ratio" in s.stdout

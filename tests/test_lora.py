@@ -18,7 +18,7 @@ from opd_dynamics.synthetic import tiny_llama
 P = "base_model.model."
 STEPS = (1, 2, 4)
 FRACTIONS = ("sparsity_bf16", "row_update_ratio", "col_update_ratio", "principal_mask_overlap",
-             "principal_mask_baseline", "low_magnitude_overlap", "low_magnitude_baseline")
+             "principal_mask_overlap_chance", "low_magnitude_overlap", "low_magnitude_overlap_chance")
 
 
 def _write_adapter(d: Path, tensors: dict, config: dict, *, bin_: bool = False) -> None:

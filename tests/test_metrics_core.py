@@ -140,7 +140,7 @@ def test_alignment_matches_numpy_oracle_on_rotating_updates():
     a = low_rank_plus_noise(m, n, 8, 0.05, seed=5)
     b = low_rank_plus_noise(m, n, 8, 0.05, seed=6)
     steps = {s: (w0 + ((1 - s / 4) * a + (s / 4) * b)).astype(np.float32) for s in (1, 2, 3, 4)}
-    got_p = trajectory("alignment_to_final", w0, steps, k=k)
+    got_p = trajectory("alignment_to_final", w0, steps, k=k, mode="paired")  # the old default, explicit
     got_s = trajectory("alignment_to_final", w0, steps, k=k, mode="subspace", side="right")
     final_d = (torch.from_numpy(steps[4]) - torch.from_numpy(w0)).double().numpy()
     uT, _, vTh = np.linalg.svd(final_d)

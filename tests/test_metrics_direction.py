@@ -112,3 +112,51 @@ def test_rank1_pca_evr_against_oracle():
     sv = np.linalg.svd(x - x.mean(0), compute_uv=False) ** 2
     assert got["rank1_pca_evr1"] == pytest.approx(sv[0] / sv.sum(), abs=1e-6)
     assert got["rank1_pca_evr2"] == pytest.approx(sv[1] / sv.sum(), abs=1e-6)
+
+
+def test_alignment_to_final_defaults_to_subspace_and_paired_stays_an_option():
+    w0, steps = _steps(seed=7, drift=0.2)
+    default = trajectory("alignment_to_final", w0, steps)
+    explicit = trajectory("alignment_to_final", w0, steps, mode="subspace")
+    paired = trajectory("alignment_to_final", w0, steps, mode="paired")
+    assert default == explicit and default != paired
+    from opd_dynamics.metrics.registry import get
+    assert get("alignment_to_final").defaults["mode"] == "subspace"
+
+
+def test_paired_chance_closed_form_against_monte_carlo():
+    from opd_dynamics.metrics.direction import paired_chance
+    rng = np.random.default_rng(0)
+    for d in (2, 3, 8, 64, 896):
+        a = rng.standard_normal((20000, d))
+        b = rng.standard_normal((20000, d))
+        cos = np.abs((a * b).sum(1)) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+        assert paired_chance(d) == pytest.approx(cos.mean(), abs=4 * cos.std() / np.sqrt(len(cos)))
+    assert paired_chance(10_000) == pytest.approx(np.sqrt(2 / (np.pi * 10_000)), rel=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["paired", "subspace"])
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_alignment_chance_rows_match_random_subspaces(mode, side):
+    """The ``_chance`` row is what unrelated updates score: a trajectory of independent random updates sits at it."""
+    from opd_dynamics.metrics.direction import paired_chance
+    k, m, n = 6, 48, 32
+    rng = np.random.default_rng(11)
+    w0 = rng.standard_normal((m, n))
+    got, chance = [], None
+    for rep in range(40):
+        steps = {t: w0 + rng.standard_normal((m, n)) for t in (1, 2)}
+        out = trajectory("alignment_to_final", w0, steps, rows=True, k=k, mode=mode, side=side)
+        got.append(out[1]["alignment_to_final"])
+        chance = out[1]["alignment_to_final_chance"]
+        assert out[2]["alignment_to_final"] == pytest.approx(1.0, abs=1e-6)
+    d = m if side == "left" else n
+    expect = k / d if mode == "subspace" else paired_chance(d)
+    assert chance == pytest.approx(expect, abs=1e-12)
+    assert np.mean(got) == pytest.approx(expect, abs=4 * np.std(got) / np.sqrt(len(got)) + 0.01)
+
+
+def test_subspace_locking_reports_its_chance():
+    w0, steps = _steps()
+    out = trajectory("subspace_locking", w0, steps, rows=True, k=4)
+    assert all(v["subspace_locking_chance"] == pytest.approx(4 / N) for v in out.values())

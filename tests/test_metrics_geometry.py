@@ -134,11 +134,11 @@ def test_bottom_subspace_update_leaves_top_subspace_and_mask_at_baseline():
     nss = compute("spectral_shift", w0t, wtt)
     assert nss == pytest.approx(np.linalg.norm(d) / np.linalg.norm(s0), rel=1e-9)
     pm = compute("principal_mask_overlap", w0t, wtt, k=k)
-    assert pm["principal_mask_baseline"] == pytest.approx(0.5, abs=1 / (m * n))
+    assert pm["principal_mask_overlap_chance"] == pytest.approx(0.5, abs=1 / (m * n))
     upd = ~_oracle_unchanged(w0, wt)
     assert upd.mean() > 0.9
     # ΔW lives off W₀'s principal subspace, so its changes are not concentrated on principal entries
-    assert abs(pm["principal_mask_overlap"] - pm["principal_mask_baseline"]) < 0.05
+    assert abs(pm["principal_mask_overlap"] - pm["principal_mask_overlap_chance"]) < 0.05
 
 
 def test_rotation_of_top_subspace_is_measured_in_degrees():
@@ -177,12 +177,12 @@ def test_mask_overlaps_against_oracle():
     princ = recon >= np.sort(recon.ravel())[-n_top]
     got = compute("principal_mask_overlap", w0, wt, k=k, alpha=alpha)
     assert got["principal_mask_overlap"] == pytest.approx((princ & upd).sum() / upd.sum(), abs=1e-12)
-    assert got["principal_mask_baseline"] == pytest.approx(princ.mean(), abs=1e-12)
+    assert got["principal_mask_overlap_chance"] == pytest.approx(princ.mean(), abs=1e-12)
     mag = np.abs(w0.double().numpy())
     low = mag <= np.sort(mag.ravel())[n_top - 1]                # ties at the threshold included
     got = compute("low_magnitude_overlap", w0, wt, alpha=alpha)
     assert got["low_magnitude_overlap"] == pytest.approx((low & upd).sum() / upd.sum(), abs=1e-12)
-    assert got["low_magnitude_baseline"] == pytest.approx(low.mean(), abs=1e-12)
+    assert got["low_magnitude_overlap_chance"] == pytest.approx(low.mean(), abs=1e-12)
 
 
 def test_update_on_low_magnitude_entries_has_overlap_one():
@@ -255,8 +255,8 @@ def test_w0_metrics_use_w0_in_every_view(runs):
         assert len(merged) == len(geo) > 0
         np.testing.assert_allclose(merged["value"], merged["value_base"], rtol=1e-12)
     # masks from W₀, M_upd from W_{t'} -> W_t: baselines equal, overlaps can differ
-    b = prev[prev.metric == "low_magnitude_baseline"].value.to_numpy()
-    assert np.allclose(b, base[base.metric == "low_magnitude_baseline"].value.to_numpy())
+    b = prev[prev.metric == "low_magnitude_overlap_chance"].value.to_numpy()
+    assert np.allclose(b, base[base.metric == "low_magnitude_overlap_chance"].value.to_numpy())
     # reference=ref with against=prev: angles between W_{t'} and W_t, checked against scipy
     ref = analyze([runs["opd"]], base=runs["base"], metrics=["principal_angles:k=4,reference=\"ref\""], select=sel,
                   against="prev", progress=False, device="cpu")

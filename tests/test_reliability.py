@@ -260,12 +260,13 @@ def test_rerun_replaces_result_whole_with_umask_modes_and_a_named_run(synthetic_
 def test_one_metric_twice_with_different_settings_is_named_apart(synthetic_runs, tmp_path):
     out = tmp_path / "out"
     r = run("analyze", synthetic_runs["opd"], "--base", synthetic_runs["base"], "-o", out, "-q",
-            "-m", "spectral_norm,alignment_to_final:k=4", "--metric", "alignment_to_final:k=4,mode=subspace",
-            "-m", "alignment_to_final:k=4,mode=paired")  # an exact repeat (paired is the default) is dropped
+            "-m", "spectral_norm,alignment_to_final:k=4", "--metric", "alignment_to_final:k=4,mode=paired",
+            "-m", "alignment_to_final:k=4,mode=subspace")  # an exact repeat (subspace is the default) is dropped
     assert r.returncode == 0, r.stderr
     df = load(out)
-    # each carries its settings that differ from the defaults (k=20, mode=paired)
-    assert set(df.metric) == {"spectral_norm", "alignment_to_final[k=4]", "alignment_to_final[k=4,mode=subspace]"}
-    a = df[df.metric.str.startswith("alignment_to_final")].pivot_table(index=["module", "step"], columns="metric",
-                                                                         values="value")
+    # each carries its settings that differ from the defaults (k=20, mode=subspace); each chance row with them
+    assert set(df.metric) == {"spectral_norm", "alignment_to_final[k=4]", "alignment_to_final[k=4,mode=paired]",
+                              "alignment_to_final_chance[k=4]", "alignment_to_final_chance[k=4,mode=paired]"}
+    a = df[df.metric.str.startswith("alignment_to_final[")].pivot_table(index=["module", "step"], columns="metric",
+                                                                          values="value")
     assert len(a.columns) == 2 and not a.iloc[:, 0].equals(a.iloc[:, 1])  # two different measurements

@@ -4,6 +4,14 @@ Each collects a small state per step (top-k singular vectors, k × dim floats) a
 module's trajectory is done. "Final" is the last step analysed for the run. Singular vectors have arbitrary
 sign, so they are compared with |cos| or projectors, never with raw dot products. k is capped at
 min(k, r_t, r_T) — vectors beyond an update's numerical rank are arbitrary.
+
+Every similarity comes with its chance level as its own output row (``<name>_chance``): what the same k and
+dimension d give for a uniformly random subspace (or random unit vectors), so 0.5 can be told from noise.
+
+- subspace similarity ‖AᵀB‖_F²/K with B uniformly random: E = K/d exactly (each column b of B has
+  E‖Aᵀb‖² = K/d);
+- paired |cos| of two independent uniform unit vectors in d dimensions:
+  E|cos| = Γ(d/2) / (√π · Γ((d+1)/2)) ≈ √(2/(πd)) (exact, :func:`paired_chance`).
 """
 from __future__ import annotations
 
@@ -25,6 +33,28 @@ def paired_alignment(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs((a * b).sum(axis=0)).mean())
 
 
+def paired_chance(d: int) -> float:
+    """E|⟨a, b⟩| for independent uniform unit vectors a, b in d dimensions: Γ(d/2) / (√π Γ((d+1)/2)).
+
+    (⟨a, b⟩ has the density of one coordinate of a uniform unit vector; for large d ≈ √(2/(πd)).)
+
+    >>> round(paired_chance(2), 12) == round(2 / math.pi, 12), paired_chance(3)
+    (True, 0.5)
+    """
+    if d < 1:
+        return math.nan
+    return float(math.exp(math.lgamma(d / 2) - math.lgamma((d + 1) / 2)) / math.sqrt(math.pi))
+
+
+def subspace_chance(k: int, d: int) -> float:
+    """E ‖AᵀB‖_F² / K for a fixed K-dim A and a uniformly random K-dim B in d dimensions: K / d.
+
+    >>> subspace_chance(20, 64)
+    0.3125
+    """
+    return min(k, d) / d if d > 0 else math.nan
+
+
 def subspace_similarity(a: np.ndarray, b: np.ndarray) -> float:
     """‖AᵀB‖_F² / K: the mean cos² of the principal angles between two K-dim subspaces (orthonormal A, B).
 
@@ -37,12 +67,12 @@ def subspace_similarity(a: np.ndarray, b: np.ndarray) -> float:
 class _ToFinal:
     """Collect top-k vectors per step; compare each step with the final one."""
 
-    def __init__(self, k: int, side: str, mode: str):
+    def __init__(self, k: int, side: str, mode: str, name: str):
         if side not in ("left", "right"):
             raise ValueError(f"side must be 'left' or 'right', got {side!r}")
         if mode not in ("paired", "subspace"):
             raise ValueError(f"mode must be 'paired' or 'subspace', got {mode!r}")
-        self.k, self.side, self.mode = k, side, mode
+        self.k, self.side, self.mode, self.name = k, side, mode, name
 
     def collect(self, view):
         if view.spectrum.rank == 0:
@@ -55,25 +85,37 @@ class _ToFinal:
         out = {}
         for step, vec in states.items():
             if vec is None or final is None:
-                out[step] = math.nan
+                out[step] = {self.name: math.nan, self.name + "_chance": math.nan}
                 continue
             k = min(vec.shape[1], final.shape[1])
             a, b = vec[:, :k], final[:, :k]
-            out[step] = paired_alignment(a, b) if self.mode == "paired" else subspace_similarity(a, b)
+            d = a.shape[0]
+            if self.mode == "paired":
+                out[step] = {self.name: paired_alignment(a, b), self.name + "_chance": paired_chance(d)}
+            else:
+                out[step] = {self.name: subspace_similarity(a, b), self.name + "_chance": subspace_chance(k, d)}
         return out
 
 
-@metric("alignment_to_final", family="direction", trajectory=True, bounds=(0, 1), paper="EffOPD Fig. 4b")
+@metric("alignment_to_final", family="direction", trajectory=True, bounds=(0, 1), paper="EffOPD Fig. 4b",
+        outputs=("alignment_to_final", "alignment_to_final_chance"))
 def alignment_to_final(k: int = 20, side: Literal["left", "right"] = "left",
-                       mode: Literal["paired", "subspace"] = "paired"):
-    """Mean |cos| between the i-th top singular vectors of ΔW_t and ΔW_T, i = 1..k (or subspace overlap)."""
-    return _ToFinal(k, side, mode)
+                       mode: Literal["paired", "subspace"] = "subspace"):
+    """Subspace similarity ‖U_k(t)ᵀU_k(T)‖_F²/k of ΔW_t's and ΔW_T's top-k singular subspaces (chance k/d beside it).
+
+    EffOPD (arXiv 2605.11739, abstract and Fig. 4b) claims that OPD's *dominant subspace* aligns with the final
+    update subspace early, so the default is the subspace notion. ``mode=paired`` is the mean |cos| of the i-th
+    with the i-th singular vector, i = 1..k: basis-sensitive where singular values are close (near-equal σ
+    rotate their vectors freely), chance Γ(d/2)/(√π Γ((d+1)/2)) ≈ √(2/(πd)).
+    """
+    return _ToFinal(k, side, mode, "alignment_to_final")
 
 
-@metric("subspace_locking", family="direction", trajectory=True, bounds=(0, 1), paper="Geometry of OPD §4")
+@metric("subspace_locking", family="direction", trajectory=True, bounds=(0, 1), paper="Geometry of OPD §4",
+        outputs=("subspace_locking", "subspace_locking_chance"))
 def subspace_locking(k: int = 16):
-    """Sim_K(t, T) = ‖V_K(t)ᵀ V_K(T)‖_F² / K over the top-K right singular vectors of ΔW."""
-    return _ToFinal(k, "right", "subspace")
+    """Sim_K(t, T) = ‖V_K(t)ᵀ V_K(T)‖_F² / K over the top-K right singular vectors of ΔW (chance K/n beside it)."""
+    return _ToFinal(k, "right", "subspace", "subspace_locking")
 
 
 MOTION_TOL = 1e-7

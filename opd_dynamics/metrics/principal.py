@@ -159,13 +159,13 @@ def _masked(view, key: str, fn):
 
 
 @metric("principal_mask_overlap", family="principal", needs_after=True,
-        outputs=("principal_mask_overlap", "principal_mask_baseline"), bounds=(0, 1),
+        outputs=("principal_mask_overlap", "principal_mask_overlap_chance"), bounds=(0, 1),
         paper="PNT; Geometry of OPD App. C.3")
 def principal_mask_overlap(k: int = 64, alpha: float = 0.5, method: Method = "svd", tolerance: Tolerance = "relative",
                            eta: float = ETA, atol: float = ATOL_MUKHERJEE):
     """|M_princ ∩ M_upd| / |M_upd|: M_princ = top-α entries of |rank-k reconstruction of W₀|, M_upd = bf16 changes.
 
-    The random baseline ``principal_mask_baseline`` = |M_princ| / N (α, up to ties).
+    The chance level ``principal_mask_overlap_chance`` = |M_princ| / N (α, up to ties).
     """
     _check(method, "base")
 
@@ -178,23 +178,23 @@ def principal_mask_overlap(k: int = 64, alpha: float = 0.5, method: Method = "sv
         mask = _masked(view, f"mask_princ/{method}/{k}/{alpha}", princ)
         upd = changed_mask(view, tolerance, eta, atol)
         return {"principal_mask_overlap": overlap(mask, upd),
-                "principal_mask_baseline": float(mask.sum()) / mask.numel()}
+                "principal_mask_overlap_chance": float(mask.sum()) / mask.numel()}
 
     return compute
 
 
 @metric("low_magnitude_overlap", family="principal", needs_after=True,
-        outputs=("low_magnitude_overlap", "low_magnitude_baseline"), bounds=(0, 1),
+        outputs=("low_magnitude_overlap", "low_magnitude_overlap_chance"), bounds=(0, 1),
         paper="PNT; Geometry of OPD App. C.3")
 def low_magnitude_overlap(alpha: float = 0.5, tolerance: Tolerance = "relative", eta: float = ETA,
                           atol: float = ATOL_MUKHERJEE):
-    """|M_low ∩ M_upd| / |M_upd|: M_low = bottom-α entries of |W₀|, M_upd = bf16 changes; baseline |M_low| / N."""
+    """|M_low ∩ M_upd| / |M_upd|: M_low = bottom-α entries of |W₀|, M_upd = bf16 changes; chance level |M_low| / N."""
 
     def compute(view):
         mask = _masked(view, f"mask_low/{alpha}",
                        lambda: top_fraction_mask(view.base_raw.to(torch.float32).abs(), alpha, largest=False))
         upd = changed_mask(view, tolerance, eta, atol)
         return {"low_magnitude_overlap": overlap(mask, upd),
-                "low_magnitude_baseline": float(mask.sum()) / mask.numel()}
+                "low_magnitude_overlap_chance": float(mask.sum()) / mask.numel()}
 
     return compute

@@ -28,6 +28,10 @@ def table1_bars(df: pd.DataFrame, metrics: Sequence[str] = TABLE1_METRICS, *,
     if not present:
         require(df, metrics, "table1_bars")
     wide = table1(df, final_only=True)
+    present = [m for m in present if m in wide.columns]  # alignment / locking: 1 at the final step by construction
+    if not present:
+        raise PlotDataError("table1_bars draws final-step values; alignment and locking are 1 there by construction",
+                            hint="draw them over steps with alignment_curves(df)")
     colors = colors_for(wide, colors)
     ncols = min(len(present), 4)
     nrows = -(-len(present) // ncols)
