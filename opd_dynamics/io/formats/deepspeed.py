@@ -40,7 +40,7 @@ _RANK = re.compile(r"^(?:bf16_)?zero_pp_rank_(\d+)_mp_rank_(\d+)_(optim|model)_s
 _MP = re.compile(r"^mp_rank_(\d+)_model_states\.pt$")
 _TAG = re.compile(r"^global_step(\d+)$")
 _WRAPPERS = ("module.", "_orig_mod.", "_forward_module.")
-_HF_HEADS = {"model", "lm_head", "transformer", "gpt_neox", "language_model", "score"}
+_HF_HEADS = {"model", "lm_head", "transformer", "gpt_neox", "score"}
 
 
 def _ds_files(d: Path) -> bool:
@@ -84,7 +84,7 @@ def open(path: Path, *, allow_pickle: bool = False, base_config: dict | None = N
         beside = tag_dir.parent
         if (beside / "model.safetensors").exists() or (beside / "model.safetensors.index.json").exists():
             from ..checkpoint import Checkpoint
-            return Checkpoint(beside, base_config=base_config)
+            return Checkpoint(beside)
         raise CheckpointError(f"{tag_dir}: a ZeRO-3 checkpoint keeps no 16-bit module copy "
                               "(and no model.safetensors beside it)", hint="read the fp32 weights (the default)")
     return DeepSpeedCheckpoint(tag_dir, weights=weights, base_config=base_config)
@@ -167,7 +167,7 @@ class DeepSpeedCheckpoint:
             self._check_ranks(model3, "model", meta_file, required=True)
         self._optim_files = optim
         self._model3_files = model3
-        self._module: dict[str, torch.Tensor] = meta["module"]
+        self._module: dict[str, torch.Tensor] = {k: v.detach() for k, v in meta["module"].items()}
         self._meta = {"ds_version": str(meta.get("ds_version", "")), "global_steps": str(meta.get("global_steps", ""))}
         shared = set(meta.get("shared_params") or {})
         param_shapes: list[dict[str, Any]] = list(meta["param_shapes"])
@@ -180,9 +180,12 @@ class DeepSpeedCheckpoint:
                 self._entries[k] = ("module", k, tuple(self._module[k].shape), self._module[k].dtype)
         else:
             self._plan_fp32(param_shapes, frozen, buffers, meta)
+        order = {k: i for i, k in enumerate(self._module)}  # the model's own order, as save_pretrained writes it
         prefix = _hf_prefix(list(self._entries))
-        self._entries = {k[len(prefix):]: v for k, v in self._entries.items()}
-        self.stage = self._stage if weights == "fp32" else (3 if self.stage3 else 2)
+        self._entries = {k[len(prefix):]: self._entries[k]
+                         for k in sorted(self._entries, key=lambda k: order.get(k, len(order)))}
+        zero = (meta.get("ds_config") or {}).get("zero_optimization") or {}
+        self.stage = self._stage if weights == "fp32" else int(zero.get("stage", 3 if self.stage3 else 2))
         self.format = f"deepspeed-zero{self.stage}" + ("-module" if weights == "module" else "")
 
     # -- planning where each parameter lives --------------------------------------------------------------------
@@ -227,7 +230,7 @@ class DeepSpeedCheckpoint:
                                   f"{'ZeRO-3' if self.stage3 else 'ZeRO-1/2'} model-states files",
                                   hint="the tag directory mixes two checkpoints; re-copy it")
         self._key = key
-        self._groups: dict[int, list[torch.Tensor]] = {0: list(osd[key])}
+        self._groups: dict[int, list[torch.Tensor]] = {0: [g.detach() for g in osd[key]]}
         sizes = [g.numel() for g in self._groups[0]]
         W = self.world_size
         for name in buffers:
@@ -248,7 +251,7 @@ class DeepSpeedCheckpoint:
                                       "re-copy the checkpoint")
             return
         fragments = meta.get("frozen_param_fragments") or {}
-        self._frozen2 = {n: fragments.get(n, self._module.get(n)) for n in frozen}  # whole tensors, mmapped
+        self._frozen2 = {n: fragments[n].detach() if n in fragments else self._module.get(n) for n in frozen}  # mmapped
         for name, src in self._frozen2.items():
             if src is not None:
                 self._entries[name] = ("frozen2", name, tuple(frozen[name]), src.dtype)
@@ -270,7 +273,7 @@ class DeepSpeedCheckpoint:
     def _rank_groups(self, rank: int) -> list[torch.Tensor]:
         if rank not in self._groups:
             osd = self._optim(rank)
-            groups = list(osd[self._key])
+            groups = [g.detach() for g in osd[self._key]]  # saved as leaves needing grad
             if [g.numel() for g in groups] != [g.numel() for g in self._groups[0]]:
                 raise CheckpointError(f"{self._optim_files[rank]}: partition sizes differ from rank 0's",
                                       hint="files from two checkpoints are mixed; re-copy the tag directory")
@@ -322,7 +325,8 @@ class DeepSpeedCheckpoint:
             return self._frozen2[e[1]].reshape(e[2]).clone()
         if kind == "frozen3":
             shape = e[2]
-            pieces = [self._model3(r)["frozen_param_fragments"][e[1]].reshape(-1) for r in range(self.world_size)]
+            pieces = [self._model3(r)["frozen_param_fragments"][e[1]].detach().reshape(-1)
+                      for r in range(self.world_size)]
             return torch.cat(pieces)[:math.prod(shape)].view(shape).clone()
         if kind == "zero2":
             _, g, offset, numel, shape = e
