@@ -8,8 +8,12 @@ with ``engine.save_checkpoint(dir, tag="global_stepN")`` in one of two layouts:
 
 - ``openrlhf``: ``OUT/<run>/_actor/global_stepN/`` (``latest`` and ``zero_to_fp32.py`` beside the tags);
 - ``hf``: ``OUT/<run>/checkpoint-N/global_stepN/`` with ``config.json`` and the model as ``model.safetensors``
-  beside it, as HF Trainer + DeepSpeed leaves it (its ``_save`` writes the 16-bit module; the DeepSpeed save is
-  the real one). HF Trainer itself is not run: it would add minutes of set-up on CPU for the same files.
+  beside it, the layout HF Trainer + DeepSpeed leaves (here around a direct DeepSpeed save, so that the fp32
+  trajectory can be gathered after every step).
+
+``TRAINER`` runs are written by a real ``transformers.Trainer`` with a DeepSpeed config (``OUT/<run>/checkpoint-N/``
+with ``global_stepN/``, ``latest``, ``zero_to_fp32.py`` and, for ZeRO-2, ``model.safetensors``; fp32: the
+Trainer refuses bf16 without a GPU).
 
 fp32 runs also write the gathered full weights after every step as HF safetensors (``OUT/<run>-hf/checkpoint-N/``),
 and every run writes its step-0 model to ``OUT/base/`` (the same for all: one seed): the trajectory in both formats.
@@ -30,6 +34,9 @@ RUNS = {
     "z3bf16": (3, True, "openrlhf", True, "model.layers.0.input_layernorm.weight"),
     "z1bf16": (1, True, "openrlhf", False, None),
 }
+
+#: real HF Trainer runs: name -> (ZeRO stage, bf16)
+TRAINER = {"trainer_z2": (2, False), "trainer_z3": (3, False)}  # bf16 Trainer needs a GPU
 
 
 def _config(tie: bool):
@@ -107,7 +114,30 @@ def _worker(rank: int, world: int, out: str, port: int) -> None:
                 if rank == 0:
                     _save_hf(sd, config, out / f"{name}-hf" / f"checkpoint-{step}")
         engine.destroy() if hasattr(engine, "destroy") else None
+    for name, (stage, bf16) in TRAINER.items():
+        _trainer_run(out / name, stage, bf16)
     torch.distributed.barrier()
+
+
+def _trainer_run(out: Path, stage: int, bf16: bool) -> None:
+    import torch
+    from transformers import LlamaForCausalLM, Trainer, TrainingArguments
+
+    class Data(torch.utils.data.Dataset):
+        def __len__(self):
+            return 4 * STEPS
+
+        def __getitem__(self, i):
+            x = torch.randint(0, 64, (8,), generator=torch.Generator().manual_seed(i))
+            return {"input_ids": x, "labels": x}
+
+    torch.manual_seed(0)
+    ds = {"train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
+          "zero_optimization": {"stage": stage}, "zero_allow_untested_optimizer": True, "bf16": {"enabled": "auto"}}
+    args = TrainingArguments(output_dir=str(out), per_device_train_batch_size=2, max_steps=STEPS, save_steps=1,
+                             save_strategy="steps", deepspeed=ds, bf16=bf16, report_to=[], learning_rate=1e-3,
+                             optim="adamw_torch", disable_tqdm=True, logging_steps=10**6)
+    Trainer(model=LlamaForCausalLM(_config(False)), args=args, train_dataset=Data()).train()
 
 
 def main(out: str, port: int = 29533) -> None:

@@ -27,7 +27,8 @@ if importlib.util.find_spec("deepspeed") is None:  # not imported here: it is sl
 HERE = Path(__file__).parent
 #: run -> tag directory pattern (ds_writer.RUNS: OpenRLHF `_actor/global_stepN/` or HF Trainer `checkpoint-N/...`)
 LAYOUT = {"z2": "_actor/global_step{0}", "z3": "checkpoint-{0}/global_step{0}",
-          "z2bf16": "checkpoint-{0}/global_step{0}", "z3bf16": "_actor/global_step{0}", "z1bf16": "_actor/global_step{0}"}
+          "z2bf16": "checkpoint-{0}/global_step{0}", "z3bf16": "_actor/global_step{0}", "z1bf16": "_actor/global_step{0}",
+          "trainer_z2": "checkpoint-{0}/global_step{0}", "trainer_z3": "checkpoint-{0}/global_step{0}"}
 STEPS = (1, 2, 3)
 
 
@@ -64,7 +65,7 @@ def test_equals_deepspeed_zero_to_fp32(ds_runs, run):
     for step in STEPS:
         ref = zero_to_fp32(tag(ds_runs, run, step))
         ck = ds.open(tag(ds_runs, run, step))
-        assert ck.format == f"deepspeed-zero{run[1]}" and ck.world_size == 2 and not ck.partial
+        assert ck.format == f"deepspeed-zero{run.split('z')[-1][0]}" and ck.world_size == 2 and not ck.partial
         aliases = {"lm_head.weight"} if run == "z3bf16" else set()  # tied: save_pretrained drops it too
         assert set(ck.keys()) == set(ref) - aliases
         for k in ck.keys():
@@ -113,6 +114,9 @@ def test_module_option_reads_the_16bit_copy(ds_runs):
     assert z1.format == "deepspeed-zero1-module" and z1.dtype(w) == torch.bfloat16
     # ZeRO-3 keeps placeholders in its module: the model.safetensors beside the tag, else an error
     assert ds.open(tag(ds_runs, "z3", 2), weights="module").format == "safetensors"
+    t = tag(ds_runs, "trainer_z2", 3)  # a real HF Trainer's model.safetensors is its engine's module
+    hf, mod = load_file(t.parent / "model.safetensors"), ds.open(t.parent, weights="module")
+    assert sorted(hf) == sorted(mod.keys()) and all(torch.equal(hf[k], mod.get_tensor(k)) for k in hf)
     with pytest.raises(CheckpointError, match="keeps no 16-bit module copy"):
         ds.open(tag(ds_runs, "z3bf16", 2), weights="module")
 
