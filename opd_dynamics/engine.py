@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from .errors import CheckpointError, OPDError
 from .io.discovery import Run
+from .io.reader import Reader, nbytes, read_state
 from . import linalg
 from .linalg import Factored
 from .metrics.registry import Spec
@@ -57,9 +58,8 @@ def plan(run: Run, selector: Selector) -> list[TensorPlan]:
     base_keys = set(base.keys())
     for step, ck in run.steps.items():
         keys = set(ck.keys())
-        partial = getattr(ck, "partial", False)  # a LoRA adapter holds only the modules it trains
-        for name in sorted(base_keys - keys):
-            if not partial and not _tied(name, config) and base.dtype(name).is_floating_point:
+        for name in sorted(base_keys - keys):  # a partial reader (LoRA) holds only the modules it trains
+            if not ck.partial and not _tied(name, config) and base.dtype(name).is_floating_point:
                 raise CheckpointError(f"{ck.path}: tensor {name!r} is missing (the base {base.path} has it)",
                                       hint="re-save the checkpoint, or drop this step with --steps")
         for name in sorted(keys - base_keys):
@@ -127,20 +127,8 @@ def limit_heap_growth(threshold: int = 1 << 20) -> bool:
     return _HEAP_LIMITED
 
 
-def _nbytes(ck, name: str) -> int:
-    try:
-        shape, dtype = ck.shape(name), ck.dtype(name)
-    except Exception:  # a reader without headers (e.g. LoRA updates): treat as small, prefetch it
-        return 0
-    n = 1
-    for d in shape:
-        n *= d
-    return n * dtype.itemsize
-
-
-def _read(ck, name: str, device: torch.device) -> Callable[[], torch.Tensor | Factored]:
-    get = getattr(ck, "get_update", None) or ck.get_tensor  # LoRA checkpoints may answer with a Factored
-    return lambda: get(name).to(device)
+def _read(ck: Reader, name: str, device: torch.device) -> Callable[[], torch.Tensor | Factored]:
+    return lambda: read_state(ck, name).to(device)  # a partial (LoRA) reader answers ΔW, maybe factored
 
 
 def _part(t: torch.Tensor | Factored, p: Part) -> torch.Tensor | Factored:
@@ -178,8 +166,13 @@ def _ref_steps(steps: list[int], against: str | int) -> dict[int, int]:
 
 def run_metrics(runs: list[Run], specs: list[Spec], *, selector: Selector = Selector(), against: str | int = "base",
                 device: str | torch.device = "cpu", spectrum_method: str = "gram", nonfinite: str = "error",
-                progress: bool = True) -> list[Row]:
-    """Compute every metric for every selected module of every run; return long-table rows."""
+                progress: bool = True, memo=None) -> list[Row]:
+    """Compute every metric for every selected module of every run; return long-table rows.
+
+    ``memo`` (:class:`opd_dynamics.cache.Memo`) makes the run incremental: it says which (step, metric) cells of
+    each tensor are still to compute, supplies the rest (rows, and trajectory states), and keeps what is computed;
+    only the checkpoints a missing cell needs (and their references) are read.
+    """
     if nonfinite not in ("error", "nan"):
         raise OPDError(f"--nonfinite {nonfinite!r} not understood", hint="use error or nan")
     device = torch.device(device)
@@ -187,46 +180,70 @@ def run_metrics(runs: list[Run], specs: list[Spec], *, selector: Selector = Sele
     built = [(s, s.info, s.build()) for s in specs]
     keep_after = any(info.needs_after for _, info, _ in built)
     plans = [p for run in runs for p in plan(run, selector)]
-    schedule = [(p, _ref_steps(sorted(p.run.steps), against)) for p in plans]
-    n_reads = sum(len(refs) + 1 for _, refs in schedule)
+    first = 0 if against in ("base", "prev", 0) else against
+    schedule = []
+    for p in plans:
+        refs = _ref_steps(sorted(p.run.steps), against)
+        todo = memo.todo(p, refs) if memo is not None else {s: None for s in refs}
+        schedule.append((p, refs, todo, _read_order(refs, todo, against, first)))
+    n_reads = sum(len(order) for *_, order in schedule)
     rows: list[Row] = []
     bar = tqdm(total=n_reads, disable=not progress, desc="reading tensors", unit="tensor", leave=False)
 
-    first = 0 if against in ("base", "prev", 0) else against
-
     def tasks():
-        for p, refs in schedule:
-            for ck in [p.run.base if first == 0 else p.run.steps[first]] + [p.run.steps[s] for s in refs]:
-                yield _read(ck, p.tensor, device), _nbytes(ck, p.tensor)
+        for p, _, _, order in schedule:
+            for s in order:
+                ck = p.run.base if s == 0 else p.run.steps[s]
+                yield _read(ck, p.tensor, device), nbytes(ck, p.tensor)
 
     stream = _prefetched(tasks())
     try:
-        for p, refs in schedule:
-            ref_raw = next(stream)
-            bar.update(1)
-            base = _Base(p, device, ref_raw if first == 0 else None)
+        for p, refs, todo, order in schedule:
+            base = _Base(p, device, None)
             cache: dict[str, dict] = {part.name: {} for part in p.parts}
             states: dict[tuple[str, int], dict[int, object]] = {}
-            for step, ref_step in refs.items():
+            if memo is not None:
+                states.update(memo.states(p, refs, todo))
+            held: dict[int, object] = {}  # the raw tensors a later step is measured against
+            for s in order:
                 raw = next(stream)
                 bar.update(1)
-                for part in p.parts:
-                    rows.extend(_one_view(p, part, step, ref_step, raw, ref_raw, base, built, states,
-                                          cache[part.name], keep_after, spectrum_method, nonfinite))
-                if against == "prev":
-                    ref_raw = raw
+                if s == 0:
+                    base.raw = raw
+                if s in todo:
+                    ref_raw = held[refs[s]]
+                    for part in p.parts:
+                        out = _one_view(p, part, s, refs[s], raw, ref_raw, base, built, states, cache[part.name],
+                                        keep_after, spectrum_method, nonfinite, todo[s], memo)
+                        if memo is None:
+                            rows.extend(out)
+                    del ref_raw
+                held = {s: raw} if against == "prev" else (held or {s: raw})
                 del raw
+            if memo is not None:  # every per-step cell, kept or computed, in the order a fresh run emits them
+                rows.extend(memo.rows(p, refs))
             for part in p.parts:
                 for i, (spec, info, m) in enumerate(built):
                     st = states.get((part.name, i))
                     if st:
-                        for step, value in m.finalize(st).items():
+                        for step, value in m.finalize(dict(sorted(st.items()))).items():
                             rows.extend(_emit(p, part, step, refs[step], info, value))
-            del ref_raw, base
+            if memo is not None:
+                memo.done(p)
+            del held, base
     finally:
         stream.close()
         bar.close()
     return rows
+
+
+def _read_order(refs: dict[int, int], todo: dict[int, object], against, first: int) -> list[int]:
+    """Steps to read for one tensor, in order (0 = the base): the steps to compute and what they are measured against."""
+    if not todo:
+        return []
+    if against == "prev":
+        return sorted(set(todo) | {refs[s] for s in todo})
+    return [first] + sorted(todo)
 
 
 def _emit(p: TensorPlan, part: Part, step: int, ref_step: int, info, value) -> Iterator[Row]:
@@ -264,7 +281,8 @@ def _update(raw, ref_raw, ref_step: int, base: _Base, part: Part, keep_after: bo
     return delta, ref_part, after
 
 
-def _one_view(p, part, step, ref_step, raw, ref_raw, base, built, states, cache, keep_after, method, nonfinite):
+def _one_view(p, part, step, ref_step, raw, ref_raw, base, built, states, cache, keep_after, method, nonfinite,
+              want=None, memo=None):
     delta, ref_part, after = _update(raw, ref_raw, ref_step, base, part, keep_after)
     view = ModuleView(p.run.name, part, step, ref_step, delta, ref_part, after, method, cache,
                       base_fn=lambda: _part(base.get(), part))
@@ -278,11 +296,21 @@ def _one_view(p, part, step, ref_step, raw, ref_raw, base, built, states, cache,
         warnings.warn(where + "; its metrics are recorded as NaN", stacklevel=2)
     out = []
     for i, (spec, info, m) in enumerate(built):
+        if want is not None and i not in want:
+            continue  # the memo has this cell
         if info.matrix and not view.is_matrix:
+            if memo is not None:
+                memo.put(p, part, step, ref_step, i, rows=[])
             continue
         if info.trajectory:
-            states.setdefault((part.name, i), {})[step] = m.collect(view) if finite else None
+            state = m.collect(view) if finite else None
+            states.setdefault((part.name, i), {})[step] = state
+            if memo is not None:
+                memo.put(p, part, step, ref_step, i, state=state)
             continue
         value = m(view) if finite else {o: math.nan for o in info.outputs}
-        out.extend(_emit(p, part, step, ref_step, info, value))
+        cell = list(_emit(p, part, step, ref_step, info, value))
+        if memo is not None:
+            memo.put(p, part, step, ref_step, i, rows=cell)
+        out.extend(cell)
     return out
