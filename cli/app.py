@@ -50,6 +50,7 @@ def analyze(
     allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Also read pytorch_model.bin (weights_only=True).")] = False,
     nonfinite: Annotated[str, typer.Option(help="error: stop at NaN/Inf weights; nan: record NaN rows with a warning.")] = "error",
     lora_scaling: Annotated[Optional[float], typer.Option("--lora-scaling", help="LoRA runs: s in dW = s*B*A, overriding adapter_config.json (alpha/r).")] = None,
+    ds_weights: Annotated[str, typer.Option("--ds-weights", help="DeepSpeed ZeRO runs: fp32 (the optimizer's master weights) or module (the 16-bit copy, which rounds small updates away).")] = "fp32",
     csv: Annotated[bool, typer.Option("--csv", help="Also write metrics.csv.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, no summary.")] = False,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Recompute every cell instead of reusing the ones kept in -o DIR/cache/.")] = False,
@@ -68,7 +69,8 @@ def analyze(
     def once(only_steps, progress):
         df = run_analyze(runs, base=_one_or_many(base), names=name, metrics=specs, select=select,
                          against=_against(against), steps=only_steps, device=device, spectrum_method=spectrum,
-                         allow_pickle=allow_pickle, nonfinite=nonfinite, lora_scaling=lora_scaling, out=out, csv=csv,
+                         allow_pickle=allow_pickle, nonfinite=nonfinite, lora_scaling=lora_scaling, ds_weights=ds_weights,
+                         out=out, csv=csv,
                          progress=progress, cache=not no_cache)
         if report_dir is not None:
             from opd_dynamics.report import build_report

@@ -49,7 +49,7 @@ def _specs(metrics: Sequence[str | Spec] | None) -> list[Spec]:
 def open_runs(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] | None = None,
               names: Sequence[str] | None = None, steps: Sequence[int] | None = None,
               allow_pickle: bool = False, lora_scaling: float | None = None,
-              skip_incomplete: bool = True) -> list[Run]:
+              skip_incomplete: bool = True, ds_weights: str = "fp32") -> list[Run]:
     """Discover several runs; ``base`` is one directory for all or one per run.
 
     With ``skip_incomplete`` a checkpoint still being written (:func:`opd_dynamics.watch.incomplete`) is left out
@@ -66,7 +66,8 @@ def open_runs(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] 
         wanted, skipped = list(steps) if steps else None, {}
         if skip_incomplete:
             wanted, skipped = complete_steps(p, wanted)
-        run = open_run(p, base=b, name=n, steps=wanted, allow_pickle=allow_pickle, lora_scaling=lora_scaling)
+        run = open_run(p, base=b, name=n, steps=wanted, allow_pickle=allow_pickle, lora_scaling=lora_scaling,
+                       ds_weights=ds_weights)
         run.skipped = skipped
         runs.append(run)
     seen = Counter(r.name for r in runs)
@@ -107,7 +108,7 @@ def analyze(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] | 
             steps: Sequence[int] | None = None, device: str = "auto", spectrum_method: str = "gram",
             allow_pickle: bool = False, nonfinite: str = "error", lora_scaling: float | None = None,
             out: PathLike | None = None, csv: bool = False, progress: bool = True, cache: bool = True,
-            skip_incomplete: bool = True) -> pd.DataFrame:
+            skip_incomplete: bool = True, ds_weights: str = "fp32") -> pd.DataFrame:
     """Compute update-geometry metrics for every module at every saved step of one or more runs.
 
     Args:
@@ -126,6 +127,8 @@ def analyze(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] | 
             number computed beside it would be meaningless.
         lora_scaling: for runs of PEFT adapters, the s in ΔW = s·B·A (overrides adapter_config.json's α/r;
             needed when an exporter wrote ``lora_alpha: 0``).
+        ds_weights: for DeepSpeed ZeRO runs, ``fp32`` (the optimizer's fp32 master weights, default) or ``module``
+            (the 16-bit model copy; it rounds small RL updates away). See ``docs/layouts.md``.
         out: directory to write ``metrics.parquet`` + ``manifest.json`` into (nothing written on error).
         csv: also write ``metrics.csv``.
         cache: with ``out``, reuse the cells an earlier analysis kept in ``out/cache/`` and compute only the new
@@ -140,13 +143,14 @@ def analyze(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] | 
     selector = select if isinstance(select, Selector) else Selector.parse(list(select or []))
     dev = resolve_device(device)
     runs = open_runs(paths, base=base, names=names, steps=steps, allow_pickle=allow_pickle, lora_scaling=lora_scaling,
-                     skip_incomplete=skip_incomplete)
+                     skip_incomplete=skip_incomplete, ds_weights=ds_weights)
     memo = None
     if out is not None:
         from .cache import Memo
 
         memo = Memo(out, runs, specs, {"version": _version(), "spectrum_method": spectrum_method,
-                                       "nonfinite": nonfinite, "device": dev.type, "lora_scaling": lora_scaling},
+                                       "nonfinite": nonfinite, "device": dev.type, "lora_scaling": lora_scaling,
+                                       "ds_weights": ds_weights},
                     reuse=cache)
     try:
         rows = run_metrics(runs, specs, selector=selector, against=against, device=dev,
@@ -160,7 +164,7 @@ def analyze(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] | 
     if out is not None:
         save(df, out, manifest(runs, specs, select=selector.to_json(), against=against, device=str(dev),
                                spectrum_method=spectrum_method, nonfinite=nonfinite, lora_scaling=lora_scaling,
-                               rows=len(df), skipped=skipped,
+                               ds_weights=ds_weights, rows=len(df), skipped=skipped,
                                cells={"computed": memo.computed, "reused": memo.reused}), csv=csv)
         memo.save()
     df.attrs["skipped"] = skipped

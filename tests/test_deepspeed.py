@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -102,7 +103,7 @@ def test_reads_without_deepspeed_installed(ds_runs):
 
 def test_module_option_reads_the_16bit_copy(ds_runs):
     d = tag(ds_runs, "z2bf16", 3)
-    fp32, mod = ds.open(d), ds.open(d.parent, weights="module")
+    fp32, mod = ds.open(d), ds.open(d.parent, ds_weights="module")
     assert mod.format == "deepspeed-zero2-module" and mod.keys() == fp32.keys()
     hf = load_file(d.parent / "model.safetensors")  # what HF Trainer saves beside the tag: the same module
     assert all(torch.equal(mod.get_tensor(k), hf[k]) for k in hf)
@@ -110,15 +111,15 @@ def test_module_option_reads_the_16bit_copy(ds_runs):
     assert mod.dtype(w) == torch.bfloat16 and fp32.dtype(w) == torch.float32
     assert torch.equal(fp32.get_tensor(w).bfloat16(), mod.get_tensor(w))  # the module is the masters rounded
     assert not torch.equal(fp32.get_tensor(w), mod.get_tensor(w).float())
-    z1 = ds.open(tag(ds_runs, "z1bf16", 2), weights="module")
+    z1 = ds.open(tag(ds_runs, "z1bf16", 2), ds_weights="module")
     assert z1.format == "deepspeed-zero1-module" and z1.dtype(w) == torch.bfloat16
     # ZeRO-3 keeps placeholders in its module: the model.safetensors beside the tag, else an error
-    assert ds.open(tag(ds_runs, "z3", 2), weights="module").format == "safetensors"
+    assert ds.open(tag(ds_runs, "z3", 2), ds_weights="module").format == "safetensors"
     t = tag(ds_runs, "trainer_z2", 3)  # a real HF Trainer's model.safetensors is its engine's module
-    hf, mod = load_file(t.parent / "model.safetensors"), ds.open(t.parent, weights="module")
+    hf, mod = load_file(t.parent / "model.safetensors"), ds.open(t.parent, ds_weights="module")
     assert sorted(hf) == sorted(mod.keys()) and all(torch.equal(hf[k], mod.get_tensor(k)) for k in hf)
     with pytest.raises(CheckpointError, match="keeps no 16-bit module copy"):
-        ds.open(tag(ds_runs, "z3bf16", 2), weights="module")
+        ds.open(tag(ds_runs, "z3bf16", 2), ds_weights="module")
 
 
 def test_detect_layouts(ds_runs, tmp_path):
@@ -126,7 +127,8 @@ def test_detect_layouts(ds_runs, tmp_path):
     assert ds.detect(t.parent) == t and ds.detect(t) == t  # HF Trainer checkpoint-N/ -> its tag; idempotent
     actor = ds_runs / "z2" / "_actor"
     assert ds.detect(actor / "global_step1") == actor / "global_step1"
-    assert ds.detect(actor) == actor / "global_step3"  # `latest`
+    assert ds.detect(actor) is None  # a save root: its tags are the steps (discovery walks them) ...
+    assert ds.open(actor).path == actor / "global_step3"  # ... but opened directly, `latest` names the tag
     assert ds.detect(ds_runs / "base") is None and ds.detect(ds_runs / "z2-hf" / "checkpoint-1") is None
     (tmp_path / "x.pt").write_bytes(b"")
     assert ds.detect(tmp_path) is None
@@ -153,7 +155,7 @@ def test_errors_name_the_file_and_the_fix(ds_runs, tmp_path):
     with pytest.raises(CheckpointError, match=r"latest: names tag 'global_step7'.*\(fix: write the existing tag"):
         ds.open(top)
     with pytest.raises(Exception, match="unknown DeepSpeed weights"):
-        ds.open(d, weights="bf16")
+        ds.open(d, ds_weights="bf16")
 
 
 def test_only_deepspeeds_own_classes_unpickle(ds_runs, tmp_path):
@@ -179,3 +181,46 @@ def test_wrapper_prefixes_are_stripped():
     assert ds._hf_prefix(["model." + n for n in tied]) == "model."
     assert ds._hf_prefix(tied) == "" and ds._hf_prefix(llama) == ""
     assert ds._hf_prefix(["model.transformer.h.0.attn.c_attn.weight"]) == "model."
+
+
+def _same_table(a, b) -> None:
+    key = ["run", "step", "ref_step", "module", "metric"]
+    m = a.merge(b, on=key, suffixes=("_ds", "_hf"), validate="one_to_one")
+    assert len(m) == len(a) == len(b) > 0
+    ref = m["value_hf"].to_numpy()
+    assert np.allclose(m["value_ds"].to_numpy(), ref, rtol=1e-6, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("run", ["z2", "z3"])  # OpenRLHF run root (holds _actor/), HF Trainer checkpoint-N/ layout
+def test_analyze_tables_equal_the_same_run_in_safetensors(ds_runs, run):
+    import opd_dynamics as od
+
+    a = od.analyze([ds_runs / run], base=ds_runs / "base", names=["r"], progress=False)
+    b = od.analyze([ds_runs / f"{run}-hf"], base=ds_runs / "base", names=["r"], progress=False)
+    assert sorted(a["step"].unique()) == list(STEPS)
+    _same_table(a, b)
+
+
+def test_cli_end_to_end_and_ds_weights(ds_runs, tmp_path):
+    from opd_dynamics.table import load
+
+    cli = [sys.executable, "-m", "opd_dynamics_cli.app", "analyze"]
+    env = {**_env(), "PYTHONPATH": os.environ.get("PYTHONPATH", str(HERE.parent))}
+    for weights in ("fp32", "module"):
+        out = tmp_path / weights
+        p = subprocess.run(list(map(str, [*cli, ds_runs / "z2bf16", "--base", ds_runs / "base", "-o", out, "-q",
+                                          "--ds-weights", weights])), capture_output=True, text=True, env=env, timeout=300)
+        assert p.returncode == 0, p.stderr[-2000:]
+    fp32, mod = load(tmp_path / "fp32"), load(tmp_path / "module")
+    assert len(fp32) == len(mod) and not np.allclose(fp32["value"], mod["value"], equal_nan=True)
+    p = subprocess.run(list(map(str, [*cli, ds_runs / "z2bf16", "--base", ds_runs / "base", "--ds-weights", "bf16"])),
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 2 and "unknown DeepSpeed weights 'bf16'" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_discovery_finds_trainer_and_openrlhf_runs(ds_runs):
+    from opd_dynamics.io.discovery import find_steps
+
+    assert find_steps(ds_runs / "trainer_z3") == {s: tag(ds_runs, "trainer_z3", s) for s in STEPS}
+    assert find_steps(ds_runs / "z3bf16") == {s: tag(ds_runs, "z3bf16", s) for s in STEPS}
+    assert find_steps(ds_runs / "z3bf16" / "_actor") == {s: tag(ds_runs, "z3bf16", s) for s in STEPS}

@@ -141,7 +141,7 @@ def powers_of_two_missing(steps) -> list[int]:
 
 def open_run(root: str | Path, *, base: str | Path | None = None, name: str | None = None,
              steps: list[int] | None = None, allow_pickle: bool = False, warn_missing: bool = True,
-             lora_scaling: float | None = None) -> Run:
+             lora_scaling: float | None = None, ds_weights: str = "fp32") -> Run:
     """Discover a run's checkpoints and its base.
 
     Args:
@@ -151,7 +151,10 @@ def open_run(root: str | Path, *, base: str | Path | None = None, name: str | No
         steps: keep only these steps (default: all found, step 0 excluded since it is the base).
         allow_pickle: also read ``pytorch_model.bin`` (with ``weights_only=True``).
         lora_scaling: for LoRA runs, the scaling s in ΔW = s·B·A, overriding adapter_config.json's α/r.
+        ds_weights: for DeepSpeed ZeRO runs, ``"fp32"`` (the optimizer's master weights, default) or ``"module"``
+            (the 16-bit model copy, which rounds small updates away).
     """
+    formats.deepspeed.check_weights(ds_weights)
     root = Path(root)
     found = find_steps(root)
     lora = {s: p for s, p in found.items() if formats.detect(p)[0] is formats.peft}  # adapter-only steps
@@ -186,7 +189,7 @@ def open_run(root: str | Path, *, base: str | Path | None = None, name: str | No
                           "EffOPD replay needs every power of two", stacklevel=2)
     if base_ck.partial:
         raise OPDError(f"{base_ck.path}: the base is a LoRA adapter", hint="pass --base with the full model")
-    options = {"scaling": lora_scaling} if lora else {}
+    options = {"scaling": lora_scaling, "ds_weights": ds_weights} if lora else {"ds_weights": ds_weights}
     ckpts = {s: formats.open(p, allow_pickle=allow_pickle, base_config=base_ck.config, base=base_ck, **options)
              for s, p in sorted(found.items())}
     return Run(name or root.name, root, base_ck, ckpts)

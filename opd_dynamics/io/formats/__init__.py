@@ -1,12 +1,14 @@
 """The one detection registry: which checkpoint format a step directory holds, and its reader.
 
 ``FORMATS`` is an ordered list of format modules; the first whose ``detect(step_dir)`` answers a directory wins,
-so the order is a preference (HF weights before trainer shards when a step holds both). Each module exposes::
+so the order is a preference: HF weights before trainer shards when a step holds both, except DeepSpeed, whose
+fp32 master weights win over the 16-bit ``model.safetensors`` HF Trainer saves beside them. Each module exposes::
 
     FORMAT = "verl-fsdp"                                   # the reader's .format
     def detect(step_dir: Path) -> Path | None              # file names only, no unpickling; detect(detect(d)) == detect(d)
     def open(path, *, allow_pickle=False, base_config=None) -> Reader
     NEEDS_BASE = True                                      # optional: open() also takes base= (the base Reader)
+    OPTIONS = ("scaling",)                                 # optional: the open() settings it takes from **options
 
 Adding a format is one module under ``opd_dynamics/io/formats/`` and one line in ``FORMATS``.
 See ``docs/layouts.md`` for every layout, what is read and the dtype that reaches the metrics.
@@ -25,9 +27,9 @@ from types import ModuleType
 
 from ...errors import CheckpointError
 from ..reader import Reader
-from . import dcp, megatron, peft, safetensors
+from . import dcp, deepspeed, megatron, peft, safetensors
 
-FORMATS: tuple[ModuleType, ...] = (safetensors, peft, megatron, dcp)
+FORMATS: tuple[ModuleType, ...] = (deepspeed, safetensors, peft, megatron, dcp)
 
 
 def detect(step_dir: str | Path) -> tuple[ModuleType, Path] | None:
@@ -56,7 +58,8 @@ def open(path: str | Path, *, allow_pickle: bool = False, base_config: dict | No
         allow_pickle: also read ``pytorch_model.bin`` (``weights_only=True``; never arbitrary unpickling).
         base_config: the base model's ``config.json``, for formats whose checkpoint lacks one.
         base: the base reader, for partial formats (LoRA adapters).
-        options: format-specific settings (``scaling=`` for LoRA).
+        options: format-specific settings, each passed to the formats that list it in ``OPTIONS`` and ignored by
+            the others (``scaling=`` for LoRA, ``ds_weights=`` for DeepSpeed).
     """
     path = Path(path)
     if not path.is_dir():
@@ -65,7 +68,8 @@ def open(path: str | Path, *, allow_pickle: bool = False, base_config: dict | No
     if hit is None:  # let the HF reader explain what it found instead (shards without index, .pt files, nothing)
         return safetensors.open(path, allow_pickle=allow_pickle, base_config=base_config)
     fmt, where = hit
-    kw = {"base": base, **options} if getattr(fmt, "NEEDS_BASE", False) else {}
+    kw = {"base": base} if getattr(fmt, "NEEDS_BASE", False) else {}
+    kw.update({k: v for k, v in options.items() if k in getattr(fmt, "OPTIONS", ())})
     return fmt.open(where, allow_pickle=allow_pickle, base_config=base_config, **kw)
 
 

@@ -35,10 +35,12 @@ from ...errors import CheckpointError, OPDError
 from .deepspeed_pickle import safe_load
 
 FORMAT = "deepspeed"
+OPTIONS = ("ds_weights",)  # what the registry passes on from analyze(ds_weights=) / --ds-weights
 WEIGHTS = ("fp32", "module")
 _RANK = re.compile(r"^(?:bf16_)?zero_pp_rank_(\d+)_mp_rank_(\d+)_(optim|model)_states\.pt$")
 _MP = re.compile(r"^mp_rank_(\d+)_model_states\.pt$")
 _TAG = re.compile(r"^global_step(\d+)$")
+_STEP_NAME = re.compile(r"^(?:checkpoint|global_step|step|iter|ckpt)[-_]?\d+$")  # discovery's step directories
 _WRAPPERS = ("module.", "_orig_mod.", "_forward_module.")
 _HF_HEADS = {"model", "lm_head", "transformer", "gpt_neox", "score"}
 
@@ -56,11 +58,15 @@ def _latest(d: Path) -> str | None:
 
 
 def detect(step_dir: Path) -> Path | None:
-    """The tag directory holding DeepSpeed rank files: ``step_dir`` itself, the tag ``latest`` names, or the
-    newest ``global_stepN/``. A ``latest`` naming a missing tag answers ``step_dir`` so that :func:`open` says so."""
+    """The tag directory holding DeepSpeed rank files: ``step_dir`` itself, or inside a step directory
+    (``checkpoint-N/``) the tag ``latest`` names, else its newest ``global_stepN/``. A ``latest`` naming a missing tag
+    answers ``step_dir`` so that :func:`open` says so. A save root such as OpenRLHF's ``_actor/`` is not a step:
+    its tags are (None here; discovery walks them)."""
     step_dir = Path(step_dir)
     if _ds_files(step_dir):
         return step_dir
+    if not _STEP_NAME.match(step_dir.name):
+        return None
     tag = _latest(step_dir)
     if tag is not None:
         if _ds_files(step_dir / tag):
@@ -71,20 +77,26 @@ def detect(step_dir: Path) -> Path | None:
     return max(tags, key=lambda c: int(_TAG.match(c.name).group(1))) if tags else None
 
 
-def open(path: Path, *, allow_pickle: bool = False, base_config: dict | None = None, weights: str = "fp32"):
+def check_weights(ds_weights: str) -> str:
+    if ds_weights not in WEIGHTS:
+        raise OPDError(f"unknown DeepSpeed weights {ds_weights!r}", hint=f"use one of {', '.join(WEIGHTS)} "
+                       "(--ds-weights)")
+    return ds_weights
+
+
+def open(path: Path, *, allow_pickle: bool = False, base_config: dict | None = None, ds_weights: str = "fp32"):
     """A reader for the DeepSpeed checkpoint at ``path`` (a tag directory, or a directory whose ``latest`` names one).
 
-    ``weights``: ``"fp32"`` (the optimizer's master weights, default) or ``"module"`` (the 16-bit model copy).
+    ``ds_weights``: ``"fp32"`` (the optimizer's master weights, default) or ``"module"`` (the 16-bit model copy).
     ``allow_pickle`` changes nothing here: only DeepSpeed's own record classes are ever unpickled.
     """
-    if weights not in WEIGHTS:
-        raise OPDError(f"unknown DeepSpeed weights {weights!r}", hint=f"use one of {', '.join(WEIGHTS)}")
+    weights = check_weights(ds_weights)
     tag_dir = _tag_dir(Path(path))
     if weights == "module" and any(_RANK.match(f.name) and f.name.endswith("_model_states.pt") for f in tag_dir.iterdir()):
         beside = tag_dir.parent
         if (beside / "model.safetensors").exists() or (beside / "model.safetensors.index.json").exists():
             from ..checkpoint import Checkpoint
-            return Checkpoint(beside)
+            return Checkpoint(beside, base_config=base_config)
         raise CheckpointError(f"{tag_dir}: a ZeRO-3 checkpoint keeps no 16-bit module copy "
                               "(and no model.safetensors beside it)", hint="read the fp32 weights (the default)")
     return DeepSpeedCheckpoint(tag_dir, weights=weights, base_config=base_config)
@@ -369,6 +381,13 @@ class DeepSpeedCheckpoint:
                 except json.JSONDecodeError:
                     raise CheckpointError(f"{p}: not valid JSON", hint="re-save the model config") from None
         return dict(self._base_config or {})
+
+    def identity(self) -> str:
+        """Name, size and mtime of every file read, and which weights (a cached result of one is not the other's)."""
+        from ..identity import files_identity
+
+        files = [*self._optim_files.values(), *self._model3_files.values(), self._meta_file]
+        return files_identity(files if self.weights == "fp32" else [self._meta_file]) + f":{self.weights}"
 
     def metadata(self) -> dict[str, str]:
         return {"format": self.format, "zero_stage": str(self.stage), "world_size": str(self.world_size),
