@@ -183,22 +183,11 @@ def test_wrapper_prefixes_are_stripped():
     assert ds._hf_prefix(["model.transformer.h.0.attn.c_attn.weight"]) == "model."
 
 
-def _same_table(a, b) -> None:
-    key = ["run", "step", "ref_step", "module", "metric"]
-    m = a.merge(b, on=key, suffixes=("_ds", "_hf"), validate="one_to_one")
-    assert len(m) == len(a) == len(b) > 0
-    ref = m["value_hf"].to_numpy()
-    assert np.allclose(m["value_ds"].to_numpy(), ref, rtol=1e-6, atol=0, equal_nan=True)
-
-
 @pytest.mark.parametrize("run", ["z2", "z3"])  # OpenRLHF run root (holds _actor/), HF Trainer checkpoint-N/ layout
-def test_analyze_tables_equal_the_same_run_in_safetensors(ds_runs, run):
-    import opd_dynamics as od
+def test_analyze_tables_equal_the_same_run_in_safetensors(ds_runs, run, tmp_path):
+    from format_tables import assert_same_tables
 
-    a = od.analyze([ds_runs / run], base=ds_runs / "base", names=["r"], progress=False)
-    b = od.analyze([ds_runs / f"{run}-hf"], base=ds_runs / "base", names=["r"], progress=False)
-    assert sorted(a["step"].unique()) == list(STEPS)
-    _same_table(a, b)
+    assert_same_tables(ds_runs / f"{run}-hf", ds_runs / "base", [ds_runs / run], tmp_path / "out")
 
 
 def test_cli_end_to_end_and_ds_weights(ds_runs, tmp_path):

@@ -4,7 +4,8 @@ Layouts: OpenRLHF ``ckpt/_actor/global_stepN/``, HF Trainer ``checkpoint-N/globa
 beside the tags names the newest one, and DeepSpeed copies ``zero_to_fp32.py`` there too.
 
 What is read (``weights="fp32"``, the default): the fp32 master weights the optimizer holds — the training state
-itself; the 16-bit ``module`` copy rounds away updates below ~2⁻⁸ relative, i.e. most of a small RL step.
+itself; the 16-bit ``module`` copy loses every update below half a bf16 step (2⁻⁹–2⁻⁸ of the weight), i.e.
+most of a small RL step.
 
 - ZeRO-1/2: each rank's ``[bf16_]zero_pp_rank_R_mp_rank_00_optim_states.pt`` holds
   ``single_partition_of_fp32_groups[g]``, rank R's slice of parameter group g flattened in ``param_shapes`` order
@@ -43,6 +44,9 @@ _TAG = re.compile(r"^global_step(\d+)$")
 _STEP_NAME = re.compile(r"^(?:checkpoint|global_step|step|iter|ckpt)[-_]?\d+$")  # discovery's step directories
 _WRAPPERS = ("module.", "_orig_mod.", "_forward_module.")
 _HF_HEADS = {"model", "lm_head", "transformer", "gpt_neox", "score"}
+#: bytes copied out of the memory-mapped rank files before the maps are dropped: pages read through a map count in
+#: RSS until it is unmapped, so without this a reader that read every tensor would hold the whole checkpoint
+_KEEP_MAPPED = 64 * 2**20
 
 
 def _ds_files(d: Path) -> bool:
@@ -169,7 +173,9 @@ class DeepSpeedCheckpoint:
             raise CheckpointError(f"{self.path / want}: missing DeepSpeed model-states file",
                                   hint="copy the missing file from the training machine")
         self._meta_file = meta_file
-        meta = safe_load(meta_file)
+        self._maps: dict[tuple, Any] = {}  # memory-mapped files in use: ("meta",), ("optim", R), ("model", R)
+        self._mapped = 0                   # bytes copied out of them since they were mapped
+        meta = self._map(("meta",))
         if not isinstance(meta, dict) or "param_shapes" not in meta or "module" not in meta:
             raise CheckpointError(f"{meta_file}: not a DeepSpeed model-states file (no param_shapes)",
                                   hint="point at a directory written by engine.save_checkpoint")
@@ -179,20 +185,20 @@ class DeepSpeedCheckpoint:
             self._check_ranks(model3, "model", meta_file, required=True)
         self._optim_files = optim
         self._model3_files = model3
-        self._module: dict[str, torch.Tensor] = {k: v.detach() for k, v in meta["module"].items()}
+        module = meta["module"]
         self._meta = {"ds_version": str(meta.get("ds_version", "")), "global_steps": str(meta.get("global_steps", ""))}
         shared = set(meta.get("shared_params") or {})
         param_shapes: list[dict[str, Any]] = list(meta["param_shapes"])
         frozen = dict(meta.get("frozen_param_shapes") or {})
-        buffers = [b for b in meta.get("buffer_names") or [] if b in self._module]
+        buffers = [b for b in meta.get("buffer_names") or [] if b in module]
         self._entries: dict[str, tuple] = {}   # HF name -> how to read it
         if weights == "module":
-            raw = [k for k in self._module if k not in shared]
-            for k in raw:
-                self._entries[k] = ("module", k, tuple(self._module[k].shape), self._module[k].dtype)
+            for k in module:
+                if k not in shared:
+                    self._entries[k] = ("module", k, tuple(module[k].shape), module[k].dtype)
         else:
             self._plan_fp32(param_shapes, frozen, buffers, meta)
-        order = {k: i for i, k in enumerate(self._module)}  # the model's own order, as save_pretrained writes it
+        order = {k: i for i, k in enumerate(module)}  # the model's own order, as save_pretrained writes it
         prefix = _hf_prefix(list(self._entries))
         self._entries = {k[len(prefix):]: self._entries[k]
                          for k in sorted(self._entries, key=lambda k: order.get(k, len(order)))}
@@ -219,6 +225,17 @@ class DeepSpeedCheckpoint:
                                   f"world size was {self.world_size}", hint="remove files left over from another "
                                   "run (a different world size) or re-copy the checkpoint")
 
+    def _map(self, key: tuple) -> Any:
+        """A memory-mapped file's contents, mapped once until :data:`_KEEP_MAPPED` bytes were read through it."""
+        if key not in self._maps:
+            if key[0] == "meta":
+                self._maps[key] = safe_load(self._meta_file)
+            elif key[0] == "model":
+                self._maps[key] = safe_load(self._model3_files[key[1]])
+            else:
+                self._maps[key] = self._optim_groups(key[1])
+        return self._maps[key]
+
     def _optim(self, rank: int) -> dict[str, Any]:
         sd = safe_load(self._optim_files[rank])
         osd = sd.get("optimizer_state_dict") if isinstance(sd, dict) else None
@@ -242,11 +259,12 @@ class DeepSpeedCheckpoint:
                                   f"{'ZeRO-3' if self.stage3 else 'ZeRO-1/2'} model-states files",
                                   hint="the tag directory mixes two checkpoints; re-copy it")
         self._key = key
-        self._groups: dict[int, list[torch.Tensor]] = {0: [g.detach() for g in osd[key]]}
-        sizes = [g.numel() for g in self._groups[0]]
+        self._sizes = sizes = [g.numel() for g in osd[key]]  # each rank's group sizes (checked equal on reading)
+        self._fp32_dtype = osd[key][0].dtype
         W = self.world_size
+        module = meta["module"]
         for name in buffers:
-            self._entries[name] = ("module", name, tuple(self._module[name].shape), self._module[name].dtype)
+            self._entries[name] = ("module", name, tuple(module[name].shape), module[name].dtype)
         if self._stage == 3:
             for name, shape in frozen.items():
                 self._entries[name] = ("frozen3", name, tuple(shape), None)
@@ -263,8 +281,8 @@ class DeepSpeedCheckpoint:
                                       "re-copy the checkpoint")
             return
         fragments = meta.get("frozen_param_fragments") or {}
-        self._frozen2 = {n: fragments[n].detach() if n in fragments else self._module.get(n) for n in frozen}  # mmapped
-        for name, src in self._frozen2.items():
+        for name in frozen:  # ZeRO-2 keeps a frozen parameter whole (in its 16-bit dtype) in the model states
+            src = fragments.get(name, module.get(name))
             if src is not None:
                 self._entries[name] = ("frozen2", name, tuple(frozen[name]), src.dtype)
         paddings = osd.get("param_alignment_paddings")
@@ -282,15 +300,12 @@ class DeepSpeedCheckpoint:
                 raise CheckpointError(f"{self._optim_files[0]}: fp32 group {g} holds {sizes[g] * W} elements, "
                                       f"param_shapes need {offset}", hint="re-copy the checkpoint")
 
-    def _rank_groups(self, rank: int) -> list[torch.Tensor]:
-        if rank not in self._groups:
-            osd = self._optim(rank)
-            groups = [g.detach() for g in osd[self._key]]  # saved as leaves needing grad
-            if [g.numel() for g in groups] != [g.numel() for g in self._groups[0]]:
-                raise CheckpointError(f"{self._optim_files[rank]}: partition sizes differ from rank 0's",
-                                      hint="files from two checkpoints are mixed; re-copy the tag directory")
-            self._groups[rank] = groups
-        return self._groups[rank]
+    def _optim_groups(self, rank: int) -> list[torch.Tensor]:
+        groups = [g.detach() for g in self._optim(rank)[self._key]]  # saved as leaves needing grad
+        if [g.numel() for g in groups] != self._sizes:
+            raise CheckpointError(f"{self._optim_files[rank]}: partition sizes differ from rank 0's",
+                                  hint="files from two checkpoints are mixed; re-copy the tag directory")
+        return groups
 
     # -- the verbs ----------------------------------------------------------------------------------------------
     def keys(self) -> list[str]:
@@ -312,16 +327,15 @@ class DeepSpeedCheckpoint:
     def dtype(self, name: str) -> torch.dtype:
         e = self._entry(name)
         if e[0] in ("zero2", "zero3"):
-            return self._groups[0][0].dtype
+            return self._fp32_dtype
         if e[0] == "frozen3":
-            return self._model3(0)["frozen_param_fragments"][e[1]].dtype
+            return self._map(("model", 0))["frozen_param_fragments"][e[1]].dtype
         return e[3]
 
     def file_of(self, name: str) -> Path:
         e = self._entry(name)
         if e[0] == "zero2":
-            size = self._groups[0][e[1]].numel()
-            return self._optim_files[min(e[2] // max(size, 1), self.world_size - 1)]
+            return self._optim_files[min(e[2] // max(self._sizes[e[1]], 1), self.world_size - 1)]
         if e[0] == "zero3":
             return self._optim_files[0]
         return self._model3_files[0] if e[0] == "frozen3" else self._meta_file
@@ -330,33 +344,42 @@ class DeepSpeedCheckpoint:
         """The whole tensor in fresh CPU memory (fp32 masters stay fp32); reads only its own bytes."""
         e = self._entry(name)
         self.reads += 1
+        out = self._read(e).detach()
+        self._mapped += out.nbytes
+        if self._mapped > _KEEP_MAPPED:  # unmap: the pages read so far leave RSS (re-mapping costs ~ms per file)
+            self._maps.clear()
+            self._mapped = 0
+        return out
+
+    def _read(self, e: tuple) -> torch.Tensor:
         kind = e[0]
         if kind == "module":
-            return self._module[e[1]].clone()
+            return self._map(("meta",))["module"][e[1]].clone()
         if kind == "frozen2":
-            return self._frozen2[e[1]].reshape(e[2]).clone()
+            meta = self._map(("meta",))
+            src = (meta.get("frozen_param_fragments") or {}).get(e[1], meta["module"].get(e[1]))
+            return src.reshape(e[2]).clone()
         if kind == "frozen3":
             shape = e[2]
-            pieces = [self._model3(r)["frozen_param_fragments"][e[1]].detach().reshape(-1)
+            pieces = [self._map(("model", r))["frozen_param_fragments"][e[1]].detach().reshape(-1)
                       for r in range(self.world_size)]
             return torch.cat(pieces)[:math.prod(shape)].view(shape).clone()
         if kind == "zero2":
             _, g, offset, numel, shape = e
-            out = torch.empty(numel, dtype=self.dtype(name))
-            done = 0
-            for rank in range(self.world_size):
-                part = self._rank_groups(rank)[g]
-                lo = max(offset - rank * part.numel(), 0)
-                hi = min(offset + numel - rank * part.numel(), part.numel())
+            out = torch.empty(numel, dtype=self._fp32_dtype)
+            size, done = self._sizes[g], 0
+            for rank in range(offset // size, min((offset + numel - 1) // size, self.world_size - 1) + 1):
+                part = self._map(("optim", rank))[g]  # only the ranks whose slice holds a piece of it
+                lo, hi = max(offset - rank * size, 0), min(offset + numel - rank * size, size)
                 if hi > lo:
                     out[done:done + hi - lo] = part[lo:hi]
                     done += hi - lo
             return out.view(shape)
         _, offset, piece, shape, bounds = e
         numel = math.prod(shape)
-        out = torch.empty(numel, dtype=self.dtype(name))
+        out = torch.empty(numel, dtype=self._fp32_dtype)
         for rank in range(self.world_size):
-            groups, at = self._rank_groups(rank), rank * piece
+            groups, at = self._map(("optim", rank)), rank * piece
             for g, flat in enumerate(groups):  # a piece may straddle two groups; the last rank's ends in padding
                 lo, hi = max(offset, bounds[g]), min(offset + piece, bounds[g + 1])
                 n = min(hi - lo, numel - at)
@@ -364,12 +387,6 @@ class DeepSpeedCheckpoint:
                     out[at:at + n] = flat[lo - bounds[g]:lo - bounds[g] + n]
                     at += n
         return out.view(shape)
-
-    def _model3(self, rank: int) -> dict[str, Any]:
-        cache = self.__dict__.setdefault("_model3_cache", {})
-        if rank not in cache:
-            cache[rank] = safe_load(self._model3_files[rank])
-        return cache[rank]
 
     @property
     def config(self) -> dict[str, Any]:
