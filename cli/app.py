@@ -46,6 +46,7 @@ def analyze(
     lora_scaling: Annotated[Optional[float], typer.Option("--lora-scaling", help="LoRA runs: s in dW = s*B*A, overriding adapter_config.json (alpha/r).")] = None,
     csv: Annotated[bool, typer.Option("--csv", help="Also write metrics.csv.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, no summary.")] = False,
+    executor: Annotated[str, typer.Option(help="local, processes[:N] (N worker processes; one per GPU with --device cuda) or ray[:ADDRESS] (auto, ray://host:port; options ,num_cpus=1,num_gpus=0.25). Same table from each.")] = "local",
 ) -> None:
     """Compute update-geometry metrics for every module at every saved step; print the Table-1 summary."""
     from opd_dynamics import analyze as run_analyze
@@ -56,7 +57,7 @@ def analyze(
     df = run_analyze(runs, base=_one_or_many(base), names=name, metrics=specs, select=select,
                      against=_against(against), steps=_int_list(steps, "--steps"), device=device,
                      spectrum_method=spectrum, allow_pickle=allow_pickle, nonfinite=nonfinite, lora_scaling=lora_scaling, out=out,
-                     csv=csv, progress=not quiet)
+                     csv=csv, progress=not quiet, executor=executor)
     if not quiet:
         wide = table1(df)
         if len(wide):

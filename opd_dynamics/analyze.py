@@ -14,6 +14,7 @@ import os
 import platform
 from collections import Counter
 from importlib import metadata
+from concurrent.futures import Executor
 from typing import Sequence
 
 import pandas as pd
@@ -36,6 +37,13 @@ def resolve_device(device: str) -> torch.device:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise OPDError(f"--device {device}: no CUDA device here", hint="use --device cpu or auto")
     return torch.device(device)
+
+
+def _device(device: str, executor) -> torch.device:
+    """The device tasks use; on a Ray cluster ``cuda`` names the workers' GPUs, which this driver may lack."""
+    if isinstance(executor, str) and executor.startswith("ray") and device.startswith("cuda"):
+        return torch.device(device)
+    return resolve_device(device)
 
 
 def _specs(metrics: Sequence[str | Spec] | None) -> list[Spec]:
@@ -94,7 +102,8 @@ def analyze(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] | 
             select: Sequence[str] | Selector | None = None, against: str | int = "base",
             steps: Sequence[int] | None = None, device: str = "auto", spectrum_method: str = "gram",
             allow_pickle: bool = False, nonfinite: str = "error", lora_scaling: float | None = None,
-            out: PathLike | None = None, csv: bool = False, progress: bool = True) -> pd.DataFrame:
+            out: PathLike | None = None, csv: bool = False, progress: bool = True,
+            executor: str | Executor | None = None) -> pd.DataFrame:
     """Compute update-geometry metrics for every module at every saved step of one or more runs.
 
     Args:
@@ -115,19 +124,24 @@ def analyze(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] | 
             needed when an exporter wrote ``lora_alpha: 0``).
         out: directory to write ``metrics.parquet`` + ``manifest.json`` into (nothing written on error).
         csv: also write ``metrics.csv``.
+        executor: where the work runs (:mod:`opd_dynamics.executors`): ``"local"`` (default, this process),
+            ``"processes[:N]"`` (N worker processes; one per GPU with ``device="cuda"``), ``"ray[:ADDRESS]"``
+            (``auto``, ``ray://host:port``, or a local cluster started for the call; ``,num_gpus=0.25`` etc.),
+            or any ``concurrent.futures.Executor``. Every one gives the same table.
 
     Returns:
         The long table ``run, step, ref_step, module, layer, kind, metric, value``.
     """
     specs = _specs(metrics)
     selector = select if isinstance(select, Selector) else Selector.parse(list(select or []))
-    dev = resolve_device(device)
+    dev = _device(device, executor)
     runs = open_runs(paths, base=base, names=names, steps=steps, allow_pickle=allow_pickle, lora_scaling=lora_scaling)
     rows = run_metrics(runs, specs, selector=selector, against=against, device=dev,
-                       spectrum_method=spectrum_method, nonfinite=nonfinite, progress=progress)
+                       spectrum_method=spectrum_method, nonfinite=nonfinite, progress=progress, executor=executor)
     df = from_rows(rows)
     if out is not None:
         save(df, out, manifest(runs, specs, select=selector.to_json(), against=against, device=str(dev),
                                spectrum_method=spectrum_method, nonfinite=nonfinite, lora_scaling=lora_scaling,
+                               executor=executor if isinstance(executor, (str, type(None))) else type(executor).__name__,
                                rows=len(df)), csv=csv)
     return df

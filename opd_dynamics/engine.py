@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
 import torch
-from tqdm.auto import tqdm
 
 from .errors import CheckpointError, OPDError
 from .io.discovery import Run
@@ -176,21 +175,58 @@ def _ref_steps(steps: list[int], against: str | int) -> dict[int, int]:
     raise OPDError(f"--against {against!r} not understood", hint="use base, prev or a step number")
 
 
+@dataclass(frozen=True)
+class Job:
+    """The settings every task of one analysis shares (small and picklable: it travels to workers)."""
+
+    specs: tuple[Spec, ...]
+    against: str | int = "base"
+    device: str = "cpu"
+    spectrum_method: str = "gram"
+    nonfinite: str = "error"
+
+
+def reads(p: TensorPlan, against: str | int) -> int:
+    """Tensor reads the loop makes for one plan (the progress bar's unit)."""
+    return len(_ref_steps(sorted(p.run.steps), against)) + 1
+
+
 def run_metrics(runs: list[Run], specs: list[Spec], *, selector: Selector = Selector(), against: str | int = "base",
                 device: str | torch.device = "cpu", spectrum_method: str = "gram", nonfinite: str = "error",
-                progress: bool = True) -> list[Row]:
-    """Compute every metric for every selected module of every run; return long-table rows."""
+                progress: bool = True, executor=None) -> list[Row]:
+    """Compute every metric for every selected module of every run; return long-table rows.
+
+    ``executor`` (see :mod:`opd_dynamics.executors`): ``None``/``"local"`` runs :func:`stream` here; ``"processes[:N]"``,
+    ``"ray[:ADDRESS]"`` or any ``concurrent.futures.Executor`` run it as tasks of whole tensors, with the same rows
+    in the same order.
+    """
     if nonfinite not in ("error", "nan"):
         raise OPDError(f"--nonfinite {nonfinite!r} not understood", hint="use error or nan")
-    device = torch.device(device)
-    limit_heap_growth()
-    built = [(s, s.info, s.build()) for s in specs]
-    keep_after = any(info.needs_after for _, info, _ in built)
+    for s in specs:
+        s.build()  # bad settings fail before any reading
     plans = [p for run in runs for p in plan(run, selector)]
+    for p in plans:
+        _ref_steps(sorted(p.run.steps), against)  # a bad --against fails here, on the driver
+    job = Job(tuple(specs), against, str(torch.device(device)), spectrum_method, nonfinite)
+    from .executors import execute
+
+    return execute(plans, job, executor, progress=progress)
+
+
+def stream(plans: list[TensorPlan], job: Job, on_read: Callable[[int], object] | None = None) -> list[Row]:
+    """The one loop: each plan's tensor streamed over every step, reads prefetched one ahead; rows out.
+
+    One call is one task of an executor (all plans for ``local``, a block of tensors elsewhere); the rows of a
+    plan come out in the same order whichever task computed them.
+    """
+    against, device = job.against, torch.device(job.device)
+    spectrum_method, nonfinite = job.spectrum_method, job.nonfinite
+    limit_heap_growth()
+    built = [(s, s.info, s.build()) for s in job.specs]
+    keep_after = any(info.needs_after for _, info, _ in built)
     schedule = [(p, _ref_steps(sorted(p.run.steps), against)) for p in plans]
-    n_reads = sum(len(refs) + 1 for _, refs in schedule)
     rows: list[Row] = []
-    bar = tqdm(total=n_reads, disable=not progress, desc="reading tensors", unit="tensor", leave=False)
+    tick = on_read or (lambda n: None)
 
     first = 0 if against in ("base", "prev", 0) else against
 
@@ -199,17 +235,17 @@ def run_metrics(runs: list[Run], specs: list[Spec], *, selector: Selector = Sele
             for ck in [p.run.base if first == 0 else p.run.steps[first]] + [p.run.steps[s] for s in refs]:
                 yield _read(ck, p.tensor, device), _nbytes(ck, p.tensor)
 
-    stream = _prefetched(tasks())
+    reader = _prefetched(tasks())
     try:
         for p, refs in schedule:
-            ref_raw = next(stream)
-            bar.update(1)
+            ref_raw = next(reader)
+            tick(1)
             base = _Base(p, device, ref_raw if first == 0 else None)
             cache: dict[str, dict] = {part.name: {} for part in p.parts}
             states: dict[tuple[str, int], dict[int, object]] = {}
             for step, ref_step in refs.items():
-                raw = next(stream)
-                bar.update(1)
+                raw = next(reader)
+                tick(1)
                 for part in p.parts:
                     rows.extend(_one_view(p, part, step, ref_step, raw, ref_raw, base, built, states,
                                           cache[part.name], keep_after, spectrum_method, nonfinite))
@@ -224,8 +260,7 @@ def run_metrics(runs: list[Run], specs: list[Spec], *, selector: Selector = Sele
                             rows.extend(_emit(p, part, step, refs[step], info, value))
             del ref_raw, base
     finally:
-        stream.close()
-        bar.close()
+        reader.close()
     return rows
 
 

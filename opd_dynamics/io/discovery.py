@@ -17,6 +17,7 @@ else a step-0 checkpoint, else an error that says how to pass one.
 from __future__ import annotations
 
 import json
+import os
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -37,6 +38,9 @@ class Run:
     root: Path
     base: Checkpoint
     steps: dict[int, Checkpoint] = field(default_factory=dict)
+    #: the :func:`open_run` arguments that re-open this run elsewhere (a worker process or node): absolute paths,
+    #: the steps found here; ``None`` for a run assembled by hand (such a run is analysed in this process only)
+    source: dict | None = field(default=None, repr=False, compare=False)
 
     @property
     def final_step(self) -> int:
@@ -166,4 +170,7 @@ def open_run(root: str | Path, *, base: str | Path | None = None, name: str | No
                  for s, p in sorted(found.items())}
     else:
         ckpts = {s: Checkpoint(p, allow_pickle=allow_pickle) for s, p in sorted(found.items())}
-    return Run(name or root.name, root, base_ck, ckpts)
+    source = {"root": os.path.abspath(root), "base": None if base is None else os.path.abspath(base),
+              "name": name or root.name, "steps": sorted(ckpts), "allow_pickle": allow_pickle,
+              "lora_scaling": lora_scaling}
+    return Run(name or root.name, root, base_ck, ckpts, source)
