@@ -1,8 +1,9 @@
 """Benchmark `analyze` on a Qwen2-0.5B-shaped model against the I/O floor and a naive script.
 
-Builds (once, under --dir) a base and N perturbed checkpoints with Qwen2-0.5B's shapes (hidden 896, 24 layers,
+Builds (once, under --dir, in a child process) a base and N perturbed checkpoints with Qwen2-0.5B's shapes (hidden 896, 24 layers,
 intermediate 4864, vocab 151936, tied embeddings), bf16, sharded, in `checkpoint-N/` layout. Then times, each in
-its own process so peak RSS is per measurement:
+its own process so peak RSS (that process's VmHWM) is per measurement; the header names the CPU, the BLAS
+libraries, the backend chosen for the float64 Gram and the load average:
 
 - io:      read every byte of every tensor once (the I/O floor; page cache warm, as for every figure here)
 - svd:     one float32 `svdvals` per matrix per checkpoint on tensors already in memory (compute floor)
@@ -132,11 +133,23 @@ def job_analyze(root: Path) -> dict:
     return {"rows": len(df)}
 
 
+def peak_rss_mb() -> float:
+    """This process's own peak RSS (VmHWM). Not ``getrusage``'s ru_maxrss: Linux carries the parent's peak across
+    fork + exec into it, so a child started by a parent that had just built the data reported the build's 3.9 GB."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def child(job: str, root: Path) -> None:
     t0 = time.perf_counter()
     info = globals()[f"job_{job}"](root)
     info["seconds"] = time.perf_counter() - t0
-    info["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    info["peak_rss_mb"] = peak_rss_mb()
     print(json.dumps(info))
 
 
@@ -155,11 +168,16 @@ def main() -> None:
     ap.add_argument("--child")
     a = ap.parse_args()
     root = Path(a.dir)
+    if a.child == "build":
+        return build(root, a.layers, a.steps)
     if a.child:
         return child(a.child, root)
-    build(root, a.layers, a.steps)
-    print(f"# Qwen2-0.5B-shaped, {a.layers} layers, {a.steps} checkpoints + base, bf16, 2 shards each; "
-          f"load average {os.getloadavg()[0]:.2f}; {os.cpu_count()} CPUs")
+    if not (root / f"built-{a.layers}-{a.steps}").exists():  # build in a child: this process stays small
+        subprocess.run([sys.executable, __file__, "--child", "build", "--dir", str(root), "--layers", str(a.layers),
+                        "--steps", str(a.steps)], check=True, capture_output=True)
+    from opd_dynamics.machine import describe
+    print(f"# Qwen2-0.5B-shaped, {a.layers} layers, {a.steps} checkpoints + base, bf16, 2 shards each")
+    print(f"# {describe()}")
     res = {j: [] for j in ("io", "svd", "naive", "analyze")}
     for _ in range(a.repeat):
         for j in res:

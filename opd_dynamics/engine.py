@@ -28,6 +28,7 @@ import torch
 
 from .errors import CheckpointError, OPDError
 from .io.discovery import Run
+from .io.reader import Reader, nbytes, read_state
 from . import linalg
 from .linalg import Factored
 from .metrics.registry import Spec
@@ -56,9 +57,8 @@ def plan(run: Run, selector: Selector) -> list[TensorPlan]:
     base_keys = set(base.keys())
     for step, ck in run.steps.items():
         keys = set(ck.keys())
-        partial = getattr(ck, "partial", False)  # a LoRA adapter holds only the modules it trains
-        for name in sorted(base_keys - keys):
-            if not partial and not _tied(name, config) and base.dtype(name).is_floating_point:
+        for name in sorted(base_keys - keys):  # a partial reader (LoRA) holds only the modules it trains
+            if not ck.partial and not _tied(name, config) and base.dtype(name).is_floating_point:
                 raise CheckpointError(f"{ck.path}: tensor {name!r} is missing (the base {base.path} has it)",
                                       hint="re-save the checkpoint, or drop this step with --steps")
         for name in sorted(keys - base_keys):
@@ -126,20 +126,8 @@ def limit_heap_growth(threshold: int = 1 << 20) -> bool:
     return _HEAP_LIMITED
 
 
-def _nbytes(ck, name: str) -> int:
-    try:
-        shape, dtype = ck.shape(name), ck.dtype(name)
-    except Exception:  # a reader without headers (e.g. LoRA updates): treat as small, prefetch it
-        return 0
-    n = 1
-    for d in shape:
-        n *= d
-    return n * dtype.itemsize
-
-
-def _read(ck, name: str, device: torch.device) -> Callable[[], torch.Tensor | Factored]:
-    get = getattr(ck, "get_update", None) or ck.get_tensor  # LoRA checkpoints may answer with a Factored
-    return lambda: get(name).to(device)
+def _read(ck: Reader, name: str, device: torch.device) -> Callable[[], torch.Tensor | Factored]:
+    return lambda: read_state(ck, name).to(device)  # a partial (LoRA) reader answers ΔW, maybe factored
 
 
 def _part(t: torch.Tensor | Factored, p: Part) -> torch.Tensor | Factored:
@@ -233,7 +221,7 @@ def stream(plans: list[TensorPlan], job: Job, on_read: Callable[[int], object] |
     def tasks():
         for p, refs in schedule:
             for ck in [p.run.base if first == 0 else p.run.steps[first]] + [p.run.steps[s] for s in refs]:
-                yield _read(ck, p.tensor, device), _nbytes(ck, p.tensor)
+                yield _read(ck, p.tensor, device), nbytes(ck, p.tensor)
 
     reader = _prefetched(tasks())
     try:

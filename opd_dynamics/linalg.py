@@ -23,6 +23,11 @@ Paths and their errors (σ₁ = largest singular value, ε₆₄ ≈ 2.2e-16, ε
   as in Knyazev & Argentati (2002) and ``scipy.linalg.subspace_angles``: exact to ~ε₆₄ at every angle, where
   arccos of the cosines alone loses everything below ~1e-8 rad.
 
+- BLAS backend (CPU only): the float64 Gram, ``eigvalsh``/``eigh`` and the products around them run either in torch
+  (MKL in the CPU wheels) or in numpy (OpenBLAS): ``backend="torch"|"numpy"``, default :func:`backend`, the one
+  measured faster on this machine (:mod:`opd_dynamics.machine`). Same float64 algorithms, same stated errors (the
+  tests hold both backends to every bound above); numpy forms ``bᵀb`` with ``syrk`` (half the flops of a GEMM).
+
 Everything works on CUDA tensors too (float64 is used there as well; the Gram keeps it cheap). The only
 CPU-pinned path is :func:`exact_svd` with ``cpu=True``, which SPEC §4 asks for (W₀ vs W_t principal angles).
 :data:`COUNTS` counts the decompositions done (tests and ``bench/`` check the one-per-(module, step) rule).
@@ -38,6 +43,7 @@ import torch
 EPS32 = float(np.finfo(np.float32).eps)
 BLOCK_ELEMS = 1 << 22  # blocks of ~4M elements (32 MB in float64): bounded temporaries, BLAS-efficient
 METHODS = ("gram", "svd", "svd64")
+BACKENDS = ("torch", "numpy")
 #: decompositions done so far, by kind ("gram" (forming XᵀX), "gram_eigvalsh", "svdvals", "gram_topk",
 #: "randomized", "svd64", "gram_svd", "factored"); the counter only grows, callers diff it
 COUNTS: Counter = Counter()
@@ -76,7 +82,7 @@ def difference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def gram(x: torch.Tensor) -> tuple[torch.Tensor, str]:
+def gram(x: torch.Tensor, backend: str | None = None) -> tuple[torch.Tensor, str]:
     """Float64 Gram matrix of ``x`` on its smaller side, accumulated in blocks to bound memory.
 
     Returns ``(G, side)`` where ``side == "right"`` means G = XᵀX (n×n, its eigenvectors are right singular
@@ -91,17 +97,50 @@ def gram(x: torch.Tensor) -> tuple[torch.Tensor, str]:
     side = "right" if m >= n else "left"
     a = x if side == "right" else x.T  # tall: (big, small)
     small = a.shape[1]
-    g = torch.zeros(small, small, dtype=torch.float64, device=x.device)
     rows = max(1, BLOCK_ELEMS // max(small, 1))
+    if _use_numpy(x, backend):
+        gn = np.zeros((small, small))
+        for i in range(0, a.shape[0], rows):
+            b = a[i:i + rows].to(torch.float64).contiguous().numpy()
+            gn += b.T @ b  # numpy recognises bᵀb and calls syrk (one triangle, then mirrored)
+        return torch.from_numpy(gn), side
+    g = torch.zeros(small, small, dtype=torch.float64, device=x.device)
     for i in range(0, a.shape[0], rows):
         b = a[i:i + rows].to(torch.float64)
         g.addmm_(b.T, b)
     return g, side
 
 
-def eigh_spectrum(g: torch.Tensor) -> np.ndarray:
+def backend() -> str:
+    """The CPU float64 BLAS backend used when none is named: the faster one on this machine, measured once."""
+    from .machine import blas_backend
+
+    return blas_backend()
+
+
+def _use_numpy(t: torch.Tensor, backend_: str | None) -> bool:
+    if t.device.type != "cpu":
+        return False
+    b = backend_ or backend()
+    if b not in BACKENDS:
+        raise ValueError(f"unknown BLAS backend {b!r}; choose from {BACKENDS}")
+    return b == "numpy"
+
+
+def _eigh(g: torch.Tensor, backend_: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ascending eigenvalues and eigenvectors of a symmetric float64 matrix, on the chosen backend."""
+    if _use_numpy(g, backend_):
+        lam, vec = np.linalg.eigh(g.numpy())
+        return torch.from_numpy(lam), torch.from_numpy(vec)
+    return torch.linalg.eigh(g)
+
+
+def eigh_spectrum(g: torch.Tensor, backend: str | None = None) -> np.ndarray:
     """Singular values (descending, float64) from a Gram matrix's eigenvalues."""
     COUNTS["gram_eigvalsh"] += 1
+    if _use_numpy(g, backend):
+        lam = np.clip(np.linalg.eigvalsh(g.numpy())[::-1], 0, None)
+        return np.sqrt(lam)
     lam = torch.linalg.eigvalsh(g).flip(0).clamp_min(0)
     return lam.sqrt().cpu().numpy()
 
@@ -129,12 +168,14 @@ def numerical_rank(sigma: np.ndarray, shape: tuple[int, int]) -> int:
     return int(np.count_nonzero(sigma > sigma[0] * max(shape) * EPS32))
 
 
-def _orth(y: torch.Tensor) -> torch.Tensor:
+def _orth(y: torch.Tensor, backend_: str | None = "torch") -> torch.Tensor:
+    if _use_numpy(y, backend_):
+        return torch.from_numpy(np.linalg.qr(y.numpy())[0])
     return torch.linalg.qr(y)[0]
 
 
 def gram_top_vectors(g: torch.Tensor, k: int, *, oversample: int = 10, n_iter: int = 8,
-                     seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+                     seed: int = 0, backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k eigenpairs of a PSD Gram matrix by subspace iteration: (vectors (s×k), σ = sqrt(λ) (k,)).
 
     Falls back to a full ``eigh`` when k + oversample covers most of the matrix.
@@ -144,19 +185,35 @@ def gram_top_vectors(g: torch.Tensor, k: int, *, oversample: int = 10, n_iter: i
     k = min(k, s)
     width = min(s, k + oversample)
     if width * 2 >= s:
-        lam, vec = torch.linalg.eigh(g)
+        lam, vec = _eigh(g, backend)
         return vec[:, -k:].flip(1), lam[-k:].flip(0).clamp_min(0).sqrt()
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    q = _orth(torch.randn(s, width, generator=gen, dtype=torch.float64).to(g.device))
-    for _ in range(n_iter):
-        q = _orth(g @ q)
-    lam, w = torch.linalg.eigh(q.T @ g @ q)
+    q = _orth(torch.randn(s, width, generator=gen, dtype=torch.float64).to(g.device), backend)
+    if _use_numpy(g, backend):
+        gn, qn = g.numpy(), q.numpy()
+        for _ in range(n_iter):
+            qn = np.linalg.qr(gn @ qn)[0]
+        q = torch.from_numpy(qn)
+    else:
+        for _ in range(n_iter):
+            q = _orth(g @ q)
+    lam, w = _eigh(q.T @ g @ q, backend)
     vec = q @ w[:, -k:].flip(1)
     return vec, lam[-k:].flip(0).clamp_min(0).sqrt()
 
 
-def _times(x: torch.Tensor, v: torch.Tensor, transpose: bool) -> torch.Tensor:
+def _times(x: torch.Tensor, v: torch.Tensor, transpose: bool, backend_: str | None = None) -> torch.Tensor:
     """(X or Xᵀ) @ v in float64, in row blocks of X."""
+    rows = max(1, BLOCK_ELEMS // max(x.shape[1], 1))
+    if _use_numpy(x, backend_):
+        vn = v.numpy()
+        blocks = (x[i:i + rows].to(torch.float64).numpy() for i in range(0, x.shape[0], rows))
+        if transpose:
+            out = np.zeros((x.shape[1], v.shape[1]))
+            for i, b in zip(range(0, x.shape[0], rows), blocks):
+                out += b.T @ vn[i:i + rows]
+            return torch.from_numpy(out)
+        return torch.from_numpy(np.concatenate([b @ vn for b in blocks]))
     if transpose:  # Xᵀ v = Σ_blocks X_bᵀ v_b
         out = torch.zeros(x.shape[1], v.shape[1], dtype=torch.float64, device=x.device)
         rows = max(1, BLOCK_ELEMS // max(x.shape[1], 1))
@@ -167,10 +224,11 @@ def _times(x: torch.Tensor, v: torch.Tensor, transpose: bool) -> torch.Tensor:
     return torch.cat([x[i:i + rows].to(torch.float64) @ v for i in range(0, x.shape[0], rows)])
 
 
-def other_side(x: torch.Tensor, vec: torch.Tensor, sigma: torch.Tensor, vec_side: str) -> torch.Tensor:
+def other_side(x: torch.Tensor, vec: torch.Tensor, sigma: torch.Tensor, vec_side: str,
+               backend: str | None = None) -> torch.Tensor:
     """Singular vectors on the other side: U = X V Σ⁻¹ (vec_side="right") or V = Xᵀ U Σ⁻¹."""
     safe = torch.where(sigma > 0, sigma, torch.ones_like(sigma))
-    return _times(x, vec, transpose=(vec_side == "left")) / safe
+    return _times(x, vec, transpose=(vec_side == "left"), backend_=backend) / safe
 
 
 def randomized_svd(x: torch.Tensor, k: int, *, oversample: int = 10, n_iter: int = 6,
@@ -211,7 +269,8 @@ def exact_svd(x: torch.Tensor, *, cpu: bool = False) -> tuple[torch.Tensor, torc
     return u, s, vh.T
 
 
-def gram_svd(x: torch.Tensor, k: int, *, cpu: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def gram_svd(x: torch.Tensor, k: int, *, cpu: bool = False,
+             backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Top-k (U, σ, V) from the float64 Gram on the small side (``eigh``), the other side as X V Σ⁻¹.
 
     3–6× faster than :func:`exact_svd` on a 896×4864 matrix. Errors: eigenvector j is off by
@@ -220,11 +279,11 @@ def gram_svd(x: torch.Tensor, k: int, *, cpu: bool = False) -> tuple[torch.Tenso
     """
     COUNTS["gram_svd"] += 1
     x = x.to("cpu" if cpu else x.device, torch.float64)
-    g, side = gram(x)
-    lam, vec = torch.linalg.eigh(g)
+    g, side = gram(x, backend)
+    lam, vec = _eigh(g, backend)
     k = min(k, g.shape[0])
     vec, sig = vec[:, -k:].flip(1), lam[-k:].flip(0).clamp_min(0).sqrt()
-    other = other_side(x, vec, sig, side)
+    other = other_side(x, vec, sig, side, backend)
     return (other, sig, vec) if side == "right" else (vec, sig, other)
 
 

@@ -150,8 +150,8 @@ def test_missing_shard_and_index_problems(synthetic_runs, tmp_path):
         Checkpoint(d)
 
 
-def test_fsdp_only_step_dir_is_explained(tmp_path):
+def test_unknown_step_dir_is_explained(tmp_path):
     (tmp_path / "global_step_5" / "actor").mkdir(parents=True)
-    torch.save({}, tmp_path / "global_step_5" / "actor" / "model_world_size_2_rank_0.pt")
-    with pytest.raises(CheckpointError, match="without HF weights"):
+    torch.save({}, tmp_path / "global_step_5" / "actor" / "trainer_state_rank_0.pt")
+    with pytest.raises(CheckpointError, match="without weights in a known format"):
         find_steps(tmp_path)

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError
+from .reader import read_config
 from .safetensors_file import SafetensorsFile
 
 ST_INDEX, ST_SINGLE = "model.safetensors.index.json", "model.safetensors"
@@ -38,8 +39,11 @@ def has_weights(path: Path) -> bool:
 class Checkpoint:
     """Lazy view of one model directory: names, shapes and dtypes from headers; tensors one at a time."""
 
-    def __init__(self, path: str | os.PathLike, *, allow_pickle: bool = False):
+    partial = False  # every tensor of the model is here (see opd_dynamics.io.reader)
+
+    def __init__(self, path: str | os.PathLike, *, allow_pickle: bool = False, base_config: dict | None = None):
         self.path = Path(path)
+        self._base_config = dict(base_config or {})
         if not self.path.is_dir():
             raise CheckpointError(f"{self.path}: no such directory", hint="check the path")
         self.allow_pickle = allow_pickle
@@ -72,12 +76,8 @@ class Checkpoint:
 
     @property
     def config(self) -> dict[str, Any]:
-        """``config.json`` of the directory (empty when absent)."""
-        p = self.path / "config.json"
-        try:
-            return json.loads(p.read_text()) if p.exists() else {}
-        except json.JSONDecodeError:
-            raise CheckpointError(f"{p}: not valid JSON", hint="re-save the model config") from None
+        """``config.json`` of the directory, else ``base_config`` (empty when neither)."""
+        return read_config(self.path / "config.json") or dict(self._base_config)
 
     def file_of(self, name: str) -> Path:
         return Path(self._where[name])
@@ -117,8 +117,8 @@ class Checkpoint:
             raise CheckpointError(f"{p}: has {len(shards)} .safetensors shard(s) but no {ST_INDEX}",
                                   hint="restore the index file that names the shards")
         if any(p.glob("*.pt")) or any(p.glob("*.distcp")):
-            raise CheckpointError(f"{p}: holds sharded trainer state (FSDP/DCP .pt), not model weights",
-                                  hint="merge it to HF format first (e.g. verl's model_merger) and point at that directory")
+            raise CheckpointError(f"{p}: holds trainer state (.pt/.distcp files) in no layout opd-dynamics knows",
+                                  hint="see docs/layouts.md for the layouts read in place, or merge it to HF format")
         raise CheckpointError(f"{p}: no model weights (expected {ST_SINGLE} or {ST_INDEX})",
                               hint="point at a checkpoint directory")
 

@@ -1,0 +1,72 @@
+"""The one detection registry: which checkpoint format a step directory holds, and its reader.
+
+``FORMATS`` is an ordered list of format modules; the first whose ``detect(step_dir)`` answers a directory wins,
+so the order is a preference (HF weights before trainer shards when a step holds both). Each module exposes::
+
+    FORMAT = "verl-fsdp"                                   # the reader's .format
+    def detect(step_dir: Path) -> Path | None              # file names only, no unpickling; detect(detect(d)) == detect(d)
+    def open(path, *, allow_pickle=False, base_config=None) -> Reader
+    NEEDS_BASE = True                                      # optional: open() also takes base= (the base Reader)
+
+Adding a format is one module under ``opd_dynamics/io/formats/`` and one line in ``FORMATS``.
+See ``docs/layouts.md`` for every layout, what is read and the dtype that reaches the metrics.
+
+>>> import tempfile, torch, safetensors.torch as st, os
+>>> from pathlib import Path
+>>> d = Path(tempfile.mkdtemp()); (d / "actor" / "huggingface").mkdir(parents=True)
+>>> st.save_file({"w": torch.ones(2)}, d / "actor" / "huggingface" / "model.safetensors")
+>>> fmt, where = detect(d); fmt.FORMAT, where.relative_to(d).as_posix(), open(d).keys()
+('safetensors', 'actor/huggingface', ['w'])
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from types import ModuleType
+
+from ...errors import CheckpointError
+from ..reader import Reader
+from . import peft, safetensors
+
+FORMATS: tuple[ModuleType, ...] = (safetensors, peft)
+
+
+def detect(step_dir: str | Path) -> tuple[ModuleType, Path] | None:
+    """(format module, directory holding it) for the first format found under ``step_dir``, else None."""
+    step_dir = Path(step_dir)
+    if not step_dir.is_dir():
+        return None
+    for fmt in FORMATS:
+        where = fmt.detect(step_dir)
+        if where is not None:
+            return fmt, where
+    return None
+
+
+def names() -> list[str]:
+    """The ``FORMAT`` of every registered module, in preference order."""
+    return [fmt.FORMAT for fmt in FORMATS]
+
+
+def open(path: str | Path, *, allow_pickle: bool = False, base_config: dict | None = None,
+         base: Reader | None = None, **options) -> Reader:
+    """The reader for the checkpoint in (or under) ``path``.
+
+    Args:
+        path: a step directory or the directory :func:`detect` answered.
+        allow_pickle: also read ``pytorch_model.bin`` (``weights_only=True``; never arbitrary unpickling).
+        base_config: the base model's ``config.json``, for formats whose checkpoint lacks one.
+        base: the base reader, for partial formats (LoRA adapters).
+        options: format-specific settings (``scaling=`` for LoRA).
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: no such directory", hint="check the path")
+    hit = detect(path)
+    if hit is None:  # let the HF reader explain what it found instead (shards without index, .pt files, nothing)
+        return safetensors.open(path, allow_pickle=allow_pickle, base_config=base_config)
+    fmt, where = hit
+    kw = {"base": base, **options} if getattr(fmt, "NEEDS_BASE", False) else {}
+    return fmt.open(where, allow_pickle=allow_pickle, base_config=base_config, **kw)
+
+
+__all__ = ["FORMATS", "detect", "names", "open"]

@@ -1,0 +1,137 @@
+"""What machine a figure was measured on, and which float64 BLAS is faster on it (measured once, then cached).
+
+Why a measurement and not a rule: torch's CPU wheels link Intel MKL, numpy's link OpenBLAS. On Intel CPUs MKL's
+float64 GEMM and ``syevd`` are usually the faster; on AMD EPYC (this project's development machine) OpenBLAS was
+2.4× faster for the Gram (``XᵀX`` of a 4864×896 matrix: 0.12 s vs 0.28 s, one thread) and 1.7× for ``eigvalsh`` of
+an 896×896 Gram (docs/performance.md). Both backends run the same float64 algorithms, so the accuracy contract of
+:mod:`opd_dynamics.linalg` holds for either (tested for both); only the speed differs, and only a timing on the
+machine itself can say which wins.
+
+:func:`blas_backend` times both on a 2048×512 Gram + ``eigvalsh`` (~0.1 s) the first time it is asked, and caches the
+answer in ``~/.cache/opd-dynamics/blas.json`` keyed by CPU model, library versions and thread count.
+``OPD_DYNAMICS_BLAS=torch|numpy`` overrides it; ``OPD_DYNAMICS_CACHE`` moves the cache directory.
+
+>>> blas_backend() in ("torch", "numpy")
+True
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+BACKENDS = ("torch", "numpy")
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; ``platform.processor()`` elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask; ``os.cpu_count()`` where there is none)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def blas_libraries() -> str:
+    """torch's and numpy's BLAS, in one short string."""
+    import numpy as np
+    import torch
+
+    cfg = torch.__config__.show()
+    torch_blas = "mkl" if "BLAS_INFO=mkl" in cfg else ("openblas" if "openblas" in cfg.lower() else "other")
+    try:
+        info = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        np_blas = f"{info.get('name', '?')} {info.get('version', '')}".strip()
+    except Exception:  # older numpy: no dict mode; the name is informational only
+        np_blas = "unknown"
+    return f"torch {torch.__version__} ({torch_blas}), numpy {np.__version__} ({np_blas})"
+
+
+def describe() -> str:
+    """One line for the head of every benchmark figure: CPU, cores, threads, BLAS and the load at the start."""
+    import torch
+
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return (f"{cpu_model()}; {usable_cpus()} usable CPUs; torch threads {torch.get_num_threads()}; "
+            f"{blas_libraries()}; BLAS for float64 Gram/eigh: {blas_backend()}; load average {load:.2f}")
+
+
+def _cache_file() -> Path:
+    root = os.environ.get("OPD_DYNAMICS_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "opd-dynamics")
+    return Path(root) / "blas.json"
+
+
+def _key() -> str:
+    import numpy as np
+    import torch
+
+    return f"{cpu_model()}|torch {torch.__version__}|numpy {np.__version__}|threads {torch.get_num_threads()}"
+
+
+def _time_backend(backend: str) -> float:
+    import numpy as np
+    import torch
+
+    x = torch.randn(2048, 512, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        if backend == "numpy":
+            a = x.numpy()
+            np.linalg.eigvalsh(a.T @ a)
+        else:
+            torch.linalg.eigvalsh(x.T @ x)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def calibrate() -> dict[str, float]:
+    """Seconds for a 2048×512 float64 Gram + ``eigvalsh`` with each backend (best of 3)."""
+    return {b: _time_backend(b) for b in BACKENDS}
+
+
+@functools.lru_cache(maxsize=None)
+def _chosen(key: str) -> str:
+    path = _cache_file()
+    try:
+        cached = json.loads(path.read_text())
+    except (OSError, ValueError):
+        cached = {}
+    if isinstance(cached, dict) and cached.get(key) in BACKENDS:
+        return cached[key]
+    times = calibrate()
+    choice = min(times, key=times.get)
+    try:  # the cache is an optimisation: a read-only home directory only costs a re-measurement next time
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cached = cached if isinstance(cached, dict) else {}
+        cached[key] = choice
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(cached, indent=1, sort_keys=True))
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    return choice
+
+
+def blas_backend() -> str:
+    """``torch`` or ``numpy``: the faster float64 BLAS/LAPACK for CPU Grams on this machine (see module doc)."""
+    forced = os.environ.get("OPD_DYNAMICS_BLAS", "").strip().lower()
+    if forced and forced != "auto":
+        if forced not in BACKENDS:
+            from .errors import OPDError
+            raise OPDError(f"OPD_DYNAMICS_BLAS={forced!r} not understood", hint="use torch, numpy or auto")
+        return forced
+    return _chosen(_key())
