@@ -29,6 +29,12 @@ BASE_HELP = "Model training started from (W0). Trainers never save it: pass it u
     opd-dynamics analyze runs/opd runs/rl runs/sft --base models/base -o results/all --select kind=body
 
     opd-dynamics analyze runs/opd --base B --metrics spectral_ratio,alignment_to_final:k=10,side=right --against prev
+
+    opd-dynamics analyze runs/live --base B -o results/live --watch --report report/live --until-step 1000
+
+A re-run with the same -o computes only what is new (new checkpoints, new metrics, rewritten checkpoints);
+--no-cache recomputes everything. A checkpoint still being written is left out with a warning and the exit
+status is 3 (0: everything analysed; 2: an error). --watch follows a live run until Ctrl-C or --until-step.
 """)
 def analyze(
     runs: Annotated[list[Path], typer.Argument(help="Run directories (checkpoint-N/, global_step_N/, step_N/) or single checkpoints.")],
@@ -46,7 +52,15 @@ def analyze(
     lora_scaling: Annotated[Optional[float], typer.Option("--lora-scaling", help="LoRA runs: s in dW = s*B*A, overriding adapter_config.json (alpha/r).")] = None,
     csv: Annotated[bool, typer.Option("--csv", help="Also write metrics.csv.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, no summary.")] = False,
+<<<<<<< HEAD
     executor: Annotated[str, typer.Option(help="local, processes[:N] (N worker processes; one per GPU with --device cuda) or ray[:ADDRESS] (auto, ray://host:port; options ,num_cpus=1,num_gpus=0.25). Same table from each.")] = "local",
+=======
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Recompute every cell instead of reusing the ones kept in -o DIR/cache/.")] = False,
+    watch: Annotated[bool, typer.Option("--watch", help="Follow a live run: analyse each checkpoint once it is complete (needs -o).")] = False,
+    until_step: Annotated[Optional[int], typer.Option("--until-step", help="--watch: stop once a step >= this is analysed.")] = None,
+    interval: Annotated[float, typer.Option(help="--watch: seconds between looks (a checkpoint is ready when its file sizes held over one).")] = 5.0,
+    report_dir: Annotated[Optional[Path], typer.Option("--report", help="Also (re)write the HTML report here after each analysis.")] = None,
+>>>>>>> main
 ) -> None:
     """Compute update-geometry metrics for every module at every saved step; print the Table-1 summary."""
     from opd_dynamics import analyze as run_analyze
@@ -54,10 +68,37 @@ def analyze(
     from opd_dynamics.summary import format_table, table1
 
     specs = [Spec.parse(m) for m in _split_specs(metrics)] if metrics else None
+<<<<<<< HEAD
     df = run_analyze(runs, base=_one_or_many(base), names=name, metrics=specs, select=select,
                      against=_against(against), steps=_int_list(steps, "--steps"), device=device,
                      spectrum_method=spectrum, allow_pickle=allow_pickle, nonfinite=nonfinite, lora_scaling=lora_scaling, out=out,
                      csv=csv, progress=not quiet, executor=executor)
+=======
+
+    def once(only_steps, progress):
+        df = run_analyze(runs, base=_one_or_many(base), names=name, metrics=specs, select=select,
+                         against=_against(against), steps=only_steps, device=device, spectrum_method=spectrum,
+                         allow_pickle=allow_pickle, nonfinite=nonfinite, lora_scaling=lora_scaling, out=out, csv=csv,
+                         progress=progress, cache=not no_cache)
+        if report_dir is not None:
+            from opd_dynamics.report import build_report
+
+            build_report([out] if out is not None else [], report_dir)
+        return df
+
+    if watch:
+        from opd_dynamics.watch import follow
+
+        if out is None or len(runs) != 1:
+            raise OPDError("--watch follows one run into one results directory",
+                           hint="opd-dynamics analyze RUN_DIR --base BASE -o RESULTS --watch")
+        follow(runs[0], lambda ready: once(ready, False), interval=interval, until_step=until_step,
+               echo=lambda m: typer.echo(m, err=True))
+        return
+    if report_dir is not None and out is None:
+        raise OPDError("--report needs -o DIR (the report is drawn from the written table)", hint="add -o results/")
+    df = once(_int_list(steps, "--steps"), not quiet)
+>>>>>>> main
     if not quiet:
         wide = table1(df)
         if len(wide):
@@ -65,6 +106,10 @@ def analyze(
             typer.echo(format_table(wide))
         if out is not None:
             typer.echo(f"wrote {len(df)} rows to {out}/metrics.parquet (+ manifest.json)", err=True)
+    if df.attrs.get("skipped"):
+        from opd_dynamics.watch import EXIT_SKIPPED
+
+        raise typer.Exit(EXIT_SKIPPED)
 
 
 @app.command("list-metrics", epilog="**Example**\n\n    opd-dynamics list-metrics")

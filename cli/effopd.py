@@ -9,6 +9,8 @@ import typer
 
 from opd_dynamics.errors import OPDError
 
+from .task_options import task_options
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="markdown",
                   help="EffOPD extrapolation (W_t + 2k·Δ at t = 2ⁿ): offline replay on saved runs.")
 
@@ -20,10 +22,11 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="
 
     opd-dynamics effopd replay runs/opd --base models/base --task data.jsonl -e accuracy:split=train,limit=50 --rule ">"
 """)
+@task_options
 def replay_cmd(
     run: Annotated[Path, typer.Argument(help="Plain OPD run directory (checkpoint-N/ at every power of two).")],
     base: Annotated[Optional[Path], typer.Option("--base", "-b", help="W0 directory (default: base/ of a lab layout).")] = None,
-    task: Annotated[Optional[str], typer.Option("--task", help="lab:PRESET or a JSONL file (default: detected from a lab layout).")] = None,
+    task: Annotated[Optional[str], typer.Option("--task", help="lab:PRESET, a JSONL/CSV/Parquet file or dataset:PATH_OR_NAME:split (default: detected from a lab layout).")] = None,
     evaluator: Annotated[str, typer.Option("--eval", "-e", help="Evaluator spec used as the search's validation score (paper: 50 training examples).")] = "accuracy:split=train,limit=50",
     ks: Annotated[str, typer.Option(help="Candidates k (W_t + 2k·Δ), tried in order.")] = "1,2,3,4,5",
     rule: Annotated[str, typer.Option(help=">= (paper) or > (authors' code).")] = ">=",
@@ -31,6 +34,8 @@ def replay_cmd(
     device: Annotated[str, typer.Option(help="cpu or cuda[:i].")] = "cpu",
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write searches.csv, summary.csv, studies.parquet, replay.json here.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    task_options: Optional[dict] = None,
+    tokenizer: Optional[Path] = None,
 ) -> None:
     """Score the EffOPD candidates at every saved power of two and estimate the steps they would save."""
     from opd_dynamics.effopd.frame import replay_frame
@@ -42,7 +47,8 @@ def replay_cmd(
         k_list = tuple(int(k) for k in ks.split(",") if k.strip())
     except ValueError:
         raise OPDError(f"--ks {ks!r}: expected comma-separated integers", hint="e.g. --ks 1,2,3,4,5") from None
-    setup = prepare(run, base=base, task=task, evaluators=[evaluator], seed=seed, device=device, progress=not quiet)
+    setup = prepare(run, base=base, task=task, evaluators=[evaluator], seed=seed, device=device, progress=not quiet,
+                    task_options=task_options or None, tokenizer=tokenizer)
     opened = setup.runs[0]
     score = setup.build_evaluators(opened)[0]
     report = replay(opened, score, model=setup.engine.model, ks=k_list, rule=rule, device=device, progress=not quiet)
@@ -53,6 +59,7 @@ def replay_cmd(
         _atomic_write(out / "summary.csv", lambda p: report.summary.to_csv(p, index=False))
         _atomic_write(out / "studies.parquet", lambda p: frame.to_parquet(p, index=False))
         meta = {"tool": "opd-dynamics effopd replay", "run": str(run), "base": str(setup.engine.base.path),
-                "evaluator": evaluator, "ks": list(k_list), "rule": rule, "notes": report.notes}
+                "evaluator": evaluator, "task": setup.task_spec.to_json() if setup.task_spec else None,
+                "answer_checking": score.details, "ks": list(k_list), "rule": rule, "notes": report.notes}
         _atomic_write(out / "replay.json", lambda p: Path(p).write_text(json.dumps(meta, indent=2)))
         typer.echo(f"wrote {out}/ (searches.csv, summary.csv, studies.parquet, replay.json)", err=True)

@@ -26,6 +26,7 @@ from .io.discovery import Run, open_run
 from .metrics.registry import DEFAULT_METRICS, Spec
 from .select import Selector
 from .table import from_rows, save
+from .watch import complete_steps
 
 PathLike = str | os.PathLike
 
@@ -55,16 +56,27 @@ def _specs(metrics: Sequence[str | Spec] | None) -> list[Spec]:
 
 def open_runs(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] | None = None,
               names: Sequence[str] | None = None, steps: Sequence[int] | None = None,
-              allow_pickle: bool = False, lora_scaling: float | None = None) -> list[Run]:
-    """Discover several runs; ``base`` is one directory for all or one per run."""
+              allow_pickle: bool = False, lora_scaling: float | None = None,
+              skip_incomplete: bool = True) -> list[Run]:
+    """Discover several runs; ``base`` is one directory for all or one per run.
+
+    With ``skip_incomplete`` a checkpoint still being written (:func:`opd_dynamics.watch.incomplete`) is left out
+    with a warning; each run's ``skipped`` then maps its step to the reason.
+    """
     if not paths:
         raise OPDError("no run directories given", hint="opd-dynamics analyze RUN_DIR [RUN_DIR ...] --base BASE_DIR")
     bases = list(base) if isinstance(base, (list, tuple)) else [base] * len(paths)
     if len(bases) != len(paths):
         raise OPDError(f"{len(bases)} bases for {len(paths)} runs", hint="give one --base, or one per run")
     names = list(names) if names else [None] * len(paths)
-    runs = [open_run(p, base=b, name=n, steps=list(steps) if steps else None, allow_pickle=allow_pickle,
-                     lora_scaling=lora_scaling) for p, b, n in zip(paths, bases, names)]
+    runs = []
+    for p, b, n in zip(paths, bases, names):
+        wanted, skipped = list(steps) if steps else None, {}
+        if skip_incomplete:
+            wanted, skipped = complete_steps(p, wanted)
+        run = open_run(p, base=b, name=n, steps=wanted, allow_pickle=allow_pickle, lora_scaling=lora_scaling)
+        run.skipped = skipped
+        runs.append(run)
     seen = Counter(r.name for r in runs)
     dup = [n for n, c in seen.items() if c > 1]
     if dup:
@@ -102,8 +114,13 @@ def analyze(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] | 
             select: Sequence[str] | Selector | None = None, against: str | int = "base",
             steps: Sequence[int] | None = None, device: str = "auto", spectrum_method: str = "gram",
             allow_pickle: bool = False, nonfinite: str = "error", lora_scaling: float | None = None,
+<<<<<<< HEAD
             out: PathLike | None = None, csv: bool = False, progress: bool = True,
             executor: str | Executor | None = None) -> pd.DataFrame:
+=======
+            out: PathLike | None = None, csv: bool = False, progress: bool = True, cache: bool = True,
+            skip_incomplete: bool = True) -> pd.DataFrame:
+>>>>>>> main
     """Compute update-geometry metrics for every module at every saved step of one or more runs.
 
     Args:
@@ -124,24 +141,66 @@ def analyze(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] | 
             needed when an exporter wrote ``lora_alpha: 0``).
         out: directory to write ``metrics.parquet`` + ``manifest.json`` into (nothing written on error).
         csv: also write ``metrics.csv``.
+<<<<<<< HEAD
         executor: where the work runs (:mod:`opd_dynamics.executors`): ``"local"`` (default, this process),
             ``"processes[:N]"`` (N worker processes; one per GPU with ``device="cuda"``), ``"ray[:ADDRESS]"``
             (``auto``, ``ray://host:port``, or a local cluster started for the call; ``,num_gpus=0.25`` etc.),
             or any ``concurrent.futures.Executor``. Every one gives the same table.
+=======
+        cache: with ``out``, reuse the cells an earlier analysis kept in ``out/cache/`` and compute only the new
+            ones (:mod:`opd_dynamics.cache`); False computes everything afresh (and rewrites the cache).
+        skip_incomplete: leave out (with a warning) checkpoints still being written instead of failing;
+            ``df.attrs["skipped"]`` then lists them as ``run/step: reason``.
+>>>>>>> main
 
     Returns:
         The long table ``run, step, ref_step, module, layer, kind, metric, value``.
     """
     specs = _specs(metrics)
     selector = select if isinstance(select, Selector) else Selector.parse(list(select or []))
+<<<<<<< HEAD
     dev = _device(device, executor)
     runs = open_runs(paths, base=base, names=names, steps=steps, allow_pickle=allow_pickle, lora_scaling=lora_scaling)
     rows = run_metrics(runs, specs, selector=selector, against=against, device=dev,
                        spectrum_method=spectrum_method, nonfinite=nonfinite, progress=progress, executor=executor)
+=======
+    dev = resolve_device(device)
+    runs = open_runs(paths, base=base, names=names, steps=steps, allow_pickle=allow_pickle, lora_scaling=lora_scaling,
+                     skip_incomplete=skip_incomplete)
+    memo = None
+    if out is not None:
+        from .cache import Memo
+
+        memo = Memo(out, runs, specs, {"version": _version(), "spectrum_method": spectrum_method,
+                                       "nonfinite": nonfinite, "device": dev.type, "lora_scaling": lora_scaling},
+                    reuse=cache)
+    try:
+        rows = run_metrics(runs, specs, selector=selector, against=against, device=dev,
+                           spectrum_method=spectrum_method, nonfinite=nonfinite, progress=progress, memo=memo)
+    except BaseException:
+        if memo is not None:
+            memo.discard()
+        raise
+>>>>>>> main
     df = from_rows(rows)
+    skipped = [f"{r.name}/{s}: {why}" for r in runs for s, why in getattr(r, "skipped", {}).items()]
     if out is not None:
         save(df, out, manifest(runs, specs, select=selector.to_json(), against=against, device=str(dev),
                                spectrum_method=spectrum_method, nonfinite=nonfinite, lora_scaling=lora_scaling,
+<<<<<<< HEAD
                                executor=executor if isinstance(executor, (str, type(None))) else type(executor).__name__,
                                rows=len(df)), csv=csv)
+=======
+                               rows=len(df), skipped=skipped,
+                               cells={"computed": memo.computed, "reused": memo.reused}), csv=csv)
+        memo.save()
+    df.attrs["skipped"] = skipped
+>>>>>>> main
     return df
+
+
+def _version() -> str:
+    try:
+        return metadata.version("opd-dynamics")
+    except metadata.PackageNotFoundError:
+        return "unknown"

@@ -181,18 +181,28 @@ def reads(p: TensorPlan, against: str | int) -> int:
 
 def run_metrics(runs: list[Run], specs: list[Spec], *, selector: Selector = Selector(), against: str | int = "base",
                 device: str | torch.device = "cpu", spectrum_method: str = "gram", nonfinite: str = "error",
+<<<<<<< HEAD
                 progress: bool = True, executor=None) -> list[Row]:
     """Compute every metric for every selected module of every run; return long-table rows.
 
     ``executor`` (see :mod:`opd_dynamics.executors`): ``None``/``"local"`` runs :func:`stream` here; ``"processes[:N]"``,
     ``"ray[:ADDRESS]"`` or any ``concurrent.futures.Executor`` run it as tasks of whole tensors, with the same rows
     in the same order.
+=======
+                progress: bool = True, memo=None) -> list[Row]:
+    """Compute every metric for every selected module of every run; return long-table rows.
+
+    ``memo`` (:class:`opd_dynamics.cache.Memo`) makes the run incremental: it says which (step, metric) cells of
+    each tensor are still to compute, supplies the rest (rows, and trajectory states), and keeps what is computed;
+    only the checkpoints a missing cell needs (and their references) are read.
+>>>>>>> main
     """
     if nonfinite not in ("error", "nan"):
         raise OPDError(f"--nonfinite {nonfinite!r} not understood", hint="use error or nan")
     for s in specs:
         s.build()  # bad settings fail before any reading
     plans = [p for run in runs for p in plan(run, selector)]
+<<<<<<< HEAD
     for p in plans:
         _ref_steps(sorted(p.run.steps), against)  # a bad --against fails here, on the driver
     job = Job(tuple(specs), against, str(torch.device(device)), spectrum_method, nonfinite)
@@ -213,18 +223,27 @@ def stream(plans: list[TensorPlan], job: Job, on_read: Callable[[int], object] |
     built = [(s, s.info, s.build()) for s in job.specs]
     keep_after = any(info.needs_after for _, info, _ in built)
     schedule = [(p, _ref_steps(sorted(p.run.steps), against)) for p in plans]
+=======
+    first = 0 if against in ("base", "prev", 0) else against
+    schedule = []
+    for p in plans:
+        refs = _ref_steps(sorted(p.run.steps), against)
+        todo = memo.todo(p, refs) if memo is not None else {s: None for s in refs}
+        schedule.append((p, refs, todo, _read_order(refs, todo, against, first)))
+    n_reads = sum(len(order) for *_, order in schedule)
+>>>>>>> main
     rows: list[Row] = []
     tick = on_read or (lambda n: None)
 
-    first = 0 if against in ("base", "prev", 0) else against
-
     def tasks():
-        for p, refs in schedule:
-            for ck in [p.run.base if first == 0 else p.run.steps[first]] + [p.run.steps[s] for s in refs]:
+        for p, _, _, order in schedule:
+            for s in order:
+                ck = p.run.base if s == 0 else p.run.steps[s]
                 yield _read(ck, p.tensor, device), nbytes(ck, p.tensor)
 
     reader = _prefetched(tasks())
     try:
+<<<<<<< HEAD
         for p, refs in schedule:
             ref_raw = next(reader)
             tick(1)
@@ -239,17 +258,53 @@ def stream(plans: list[TensorPlan], job: Job, on_read: Callable[[int], object] |
                                           cache[part.name], keep_after, spectrum_method, nonfinite))
                 if against == "prev":
                     ref_raw = raw
+=======
+        for p, refs, todo, order in schedule:
+            base = _Base(p, device, None)
+            cache: dict[str, dict] = {part.name: {} for part in p.parts}
+            states: dict[tuple[str, int], dict[int, object]] = {}
+            if memo is not None:
+                states.update(memo.states(p, refs, todo))
+            held: dict[int, object] = {}  # the raw tensors a later step is measured against
+            for s in order:
+                raw = next(stream)
+                bar.update(1)
+                if s == 0:
+                    base.raw = raw
+                if s in todo:
+                    ref_raw = held[refs[s]]
+                    for part in p.parts:
+                        out = _one_view(p, part, s, refs[s], raw, ref_raw, base, built, states, cache[part.name],
+                                        keep_after, spectrum_method, nonfinite, todo[s], memo)
+                        if memo is None:
+                            rows.extend(out)
+                    del ref_raw
+                held = {s: raw} if against == "prev" else (held or {s: raw})
+>>>>>>> main
                 del raw
+            if memo is not None:  # every per-step cell, kept or computed, in the order a fresh run emits them
+                rows.extend(memo.rows(p, refs))
             for part in p.parts:
                 for i, (spec, info, m) in enumerate(built):
                     st = states.get((part.name, i))
                     if st:
-                        for step, value in m.finalize(st).items():
+                        for step, value in m.finalize(dict(sorted(st.items()))).items():
                             rows.extend(_emit(p, part, step, refs[step], info, value))
-            del ref_raw, base
+            if memo is not None:
+                memo.done(p)
+            del held, base
     finally:
         reader.close()
     return rows
+
+
+def _read_order(refs: dict[int, int], todo: dict[int, object], against, first: int) -> list[int]:
+    """Steps to read for one tensor, in order (0 = the base): the steps to compute and what they are measured against."""
+    if not todo:
+        return []
+    if against == "prev":
+        return sorted(set(todo) | {refs[s] for s in todo})
+    return [first] + sorted(todo)
 
 
 def _emit(p: TensorPlan, part: Part, step: int, ref_step: int, info, value) -> Iterator[Row]:
@@ -287,7 +342,8 @@ def _update(raw, ref_raw, ref_step: int, base: _Base, part: Part, keep_after: bo
     return delta, ref_part, after
 
 
-def _one_view(p, part, step, ref_step, raw, ref_raw, base, built, states, cache, keep_after, method, nonfinite):
+def _one_view(p, part, step, ref_step, raw, ref_raw, base, built, states, cache, keep_after, method, nonfinite,
+              want=None, memo=None):
     delta, ref_part, after = _update(raw, ref_raw, ref_step, base, part, keep_after)
     view = ModuleView(p.run.name, part, step, ref_step, delta, ref_part, after, method, cache,
                       base_fn=lambda: _part(base.get(), part))
@@ -301,11 +357,21 @@ def _one_view(p, part, step, ref_step, raw, ref_raw, base, built, states, cache,
         warnings.warn(where + "; its metrics are recorded as NaN", stacklevel=2)
     out = []
     for i, (spec, info, m) in enumerate(built):
+        if want is not None and i not in want:
+            continue  # the memo has this cell
         if info.matrix and not view.is_matrix:
+            if memo is not None:
+                memo.put(p, part, step, ref_step, i, rows=[])
             continue
         if info.trajectory:
-            states.setdefault((part.name, i), {})[step] = m.collect(view) if finite else None
+            state = m.collect(view) if finite else None
+            states.setdefault((part.name, i), {})[step] = state
+            if memo is not None:
+                memo.put(p, part, step, ref_step, i, state=state)
             continue
         value = m(view) if finite else {o: math.nan for o in info.outputs}
-        out.extend(_emit(p, part, step, ref_step, info, value))
+        cell = list(_emit(p, part, step, ref_step, info, value))
+        if memo is not None:
+            memo.put(p, part, step, ref_step, i, rows=cell)
+        out.extend(cell)
     return out

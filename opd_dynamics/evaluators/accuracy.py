@@ -2,22 +2,28 @@
 
 acc = (1/N) Σᵢ (1/n) Σⱼ verify(gen_ij, answer_i); greedy (``samples=0``) is n = 1 at temperature 0. Sampling
 draws from a ``torch.Generator`` seeded with ``seed`` at the start of every call, so the same weights give the
-same score. Generation is :func:`opd_dynamics.lab.generation.generate` (left-padded batches, KV cache).
+same score. Generation is :func:`opd_dynamics.lab.generation.generate` (left-padded batches, KV cache, the
+task's ``stop`` strings and ``max_new_tokens``). ``checker`` decides what counts as correct
+(:mod:`opd_dynamics.evaluators.checkers`: ``exact`` = the task's verifier, ``math`` = math-verify); the checker and
+the answer extraction are recorded in ``score.details`` (the manifest's ``answer_checking``).
 """
 from __future__ import annotations
 
 import torch
 
 from ..lab.generation import generate
+from . import checkers
 from ._data import batches, examples
 from .registry import evaluator
 
 
 @evaluator("accuracy", higher_is_better=True, bounds=(0.0, 1.0), unit="fraction correct")
 def accuracy(ctx, split: str = "test", limit: int | None = None, samples: int = 0, temperature: float = 1.0,
-             seed: int = 0, batch_size: int = 128, max_new_tokens: int | None = None):
-    """Exact-match accuracy of greedy (samples=0) or sampled generations under the task's verifier."""
+             seed: int = 0, batch_size: int = 128, max_new_tokens: int | None = None, checker: str = "exact"):
+    """Share of greedy (samples=0) or sampled generations the checker accepts (exact: the task's verifier)."""
+    check = checkers.build(checker, ctx.task)
     exs = examples(ctx, split, limit)
+    stop = tuple(getattr(ctx.task, "stop", ()) or ())
     n = max(int(samples), 1)
     temp = 0.0 if samples == 0 else float(temperature)
     max_new = int(max_new_tokens or ctx.task.max_new_tokens)
@@ -28,9 +34,10 @@ def accuracy(ctx, split: str = "test", limit: int | None = None, samples: int = 
         correct = 0
         for batch in batches(exs, per_batch, ctx, "accuracy"):
             prompts = [ex.prompt for ex in batch for _ in range(n)]
-            texts = generate(model, ctx.tokenizer, prompts, max_new, temp, gen).texts
+            texts = generate(model, ctx.tokenizer, prompts, max_new, temp, gen, stop=stop).texts
             answers = [ex.answer for ex in batch for _ in range(n)]
-            correct += sum(ctx.task.verify(t, a) for t, a in zip(texts, answers))
+            correct += sum(check(t, a) for t, a in zip(texts, answers))
         return correct / (len(exs) * n)
 
+    score.details = {**checkers.describe(checker, ctx.task), "stop": list(stop), "max_new_tokens": max_new}
     return score

@@ -35,12 +35,18 @@ ENTRY_POINT_GROUP = "opd_dynamics.evaluators"
 @dataclass(frozen=True)
 class EvalContext:
     """What every evaluator may use: the task, the tokenizer, and directories of reference models by name
-    (``teacher``, ``final`` = the run's last checkpoint). ``progress`` shows tqdm bars on stderr."""
+    (``teacher``, ``final`` = the run's last checkpoint). ``progress`` shows tqdm bars on stderr. A task with chat
+    prompts is bound to the tokenizer here (``task.bind(tokenizer)``), so they render with its chat template."""
 
     task: Any
     tokenizer: Any
     references: dict[str, Path] = field(default_factory=dict)
     progress: bool = True
+
+    def __post_init__(self):
+        bind = getattr(self.task, "bind", None)
+        if bind is not None and self.tokenizer is not None:
+            bind(self.tokenizer)
 
 
 @dataclass(frozen=True)
@@ -99,6 +105,7 @@ class Evaluator:
     higher_is_better: bool = True
     bounds: tuple[float, float] | None = None
     unit: str = ""
+    details: dict = field(default_factory=dict)  # facts for the manifest, e.g. accuracy's checker and extraction
 
     def __call__(self, model) -> float:
         was_training = model.training
@@ -137,5 +144,6 @@ class EvalSpec(PluginSpec):
     def build(self, ctx: EvalContext) -> Evaluator:
         self.check()
         info = self.info
-        return Evaluator(self.label, self, info.factory(ctx, **self.args), info.higher_is_better, info.bounds,
-                         info.unit)
+        score = info.factory(ctx, **self.args)
+        return Evaluator(self.label, self, score, info.higher_is_better, info.bounds, info.unit,
+                         dict(getattr(score, "details", {})))

@@ -74,6 +74,13 @@ class Checkpoint:
         first = next(iter(self._files.values()), None)
         return first.metadata() if isinstance(first, SafetensorsFile) else {}
 
+    def identity(self) -> str:
+        """Name, size, mtime and safetensors header hash of every file read (:mod:`opd_dynamics.io.identity`)."""
+        from .identity import files_identity
+
+        extra = [self.path / f for f in (ST_INDEX, BIN_INDEX, "config.json") if (self.path / f).exists()]
+        return files_identity([*self._files, *extra])
+
     @property
     def config(self) -> dict[str, Any]:
         """``config.json`` of the directory, else ``base_config`` (empty when neither)."""

@@ -11,6 +11,9 @@ format (``opd_dynamics.io.formats``) answers it from its own files, one tensor a
 - ``partial`` is True when the checkpoint holds only some of the base's tensors as *updates* (LoRA adapters).
   A partial reader also has the :class:`Updates` capability: ``get_update(name)`` answers ΔW, dense or
   :class:`~opd_dynamics.linalg.Factored`; :func:`read_state` picks the right verb.
+- optional ``identity() -> str``: changes whenever the checkpoint's contents may have (size, mtime, header hash of
+  its files); incremental analysis keys cached results on it (:func:`opd_dynamics.io.identity.identity_of` falls
+  back to the files directly in ``path``).
 
 >>> import tempfile, torch, safetensors.torch as st, os
 >>> from opd_dynamics.io.checkpoint import Checkpoint

@@ -2,7 +2,8 @@
 
 Data flow, one file per idea::
 
-    task.py / addition.py   Task interface (examples(split), verify(generation, answer)), JsonlTask, AdditionTask
+    task.py / addition.py   Task interface (examples(split), verify(generation, answer)), AdditionTask
+    rows.py                 RowsTask / JsonlTask: your own rows, column mapping, chat prompts, answer extraction
     tokenizer.py            character tokenizer as a PreTrainedTokenizerFast
     models.py               tiny Qwen2 / Llama models from configs
     generation.py           rollouts (sampling, greedy) and teacher-forced logits
@@ -34,12 +35,13 @@ from .presets import PRESETS, Preset, get_preset
 from .arms import ARMS, run_arm, torch_threads
 from .reference import ReferenceRuns, build_reference_runs, make_task
 from .sft import SFTStep, TeacherSFTStep, sft_loss
-from .task import Example, JsonlTask, Task
+from .rows import JsonlTask, RowsTask
+from .task import Example, Task
 from .tokenizer import char_tokenizer, load_tokenizer
 
 __all__ = [
     "ARMS", "PRESETS", "AdditionTask", "Evaluator", "Example", "GRPOStep", "JsonlTask", "ModelSpec",
-    "OPDStep", "Preset", "ReferenceRuns", "Rollout", "SFTStep", "StepHook", "Task", "TeacherSFTStep",
+    "OPDStep", "Preset", "ReferenceRuns", "Rollout", "RowsTask", "SFTStep", "StepHook", "Task", "TeacherSFTStep",
     "TrainConfig", "accuracy", "build_model", "build_reference_runs", "char_tokenizer", "checkpoint_steps",
     "gap_recovery", "generate", "get_preset", "group_advantages", "grpo_loss", "load_tokenizer", "make_task",
     "opd_loss", "response_logits", "reverse_kl", "run_arm", "save_checkpoint", "save_model_dir", "sft_loss",

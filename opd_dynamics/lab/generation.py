@@ -64,30 +64,56 @@ def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[str]) -> tu
     return left_pad(tokenizer(prompts)["input_ids"], tokenizer.pad_token_id)
 
 
+def _stopped(tokenizer, tokens: list[torch.Tensor], rows: torch.Tensor, stop: tuple[str, ...], window: int) -> torch.Tensor:
+    """Which of ``rows`` (bool (B,)) now end with text containing a stop string (the last ``window`` tokens)."""
+    idx = rows.nonzero().flatten().tolist()
+    hit = torch.zeros_like(rows)
+    if not idx:
+        return hit
+    tail = torch.stack(tokens[-window:], 1)[idx].cpu()
+    for i, text in zip(idx, tokenizer.batch_decode(tail, skip_special_tokens=True)):
+        hit[i] = any(s in text for s in stop)
+    return hit
+
+
+def cut_at_stop(text: str, stop: tuple[str, ...]) -> str:
+    """``text`` up to (not including) the first stop string."""
+    ends = [text.find(s) for s in stop if s in text]
+    return text[:min(ends)] if ends else text
+
+
 @torch.no_grad()
 def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str],
              max_new_tokens: int, temperature: float = 1.0,
-             generator: torch.Generator | None = None) -> Rollout:
-    """Continue each prompt until ``<eos>`` or ``max_new_tokens``; greedy when ``temperature == 0``."""
+             generator: torch.Generator | None = None, stop: tuple[str, ...] = ()) -> Rollout:
+    """Continue each prompt until ``<eos>``, a ``stop`` string or ``max_new_tokens``; greedy when ``temperature == 0``.
+
+    Runs on the model's device (sampling draws on the CPU from ``generator``, so CPU and CUDA sample alike given the
+    same logits). Texts are cut before the first stop string; the returned tokens keep what was generated.
+    """
+    device = next(model.parameters()).device
     prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts)
-    ids, mask = prompt_ids, prompt_mask
+    ids, mask = prompt_ids.to(device), prompt_mask.to(device)
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    window = max((len(s) for s in stop), default=0) + 4
     was_training = model.training
     model.eval()
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask), use_cache=True)
     cache, logits = out.past_key_values, out.logits[:, -1].float()
-    done = torch.zeros(len(prompts), dtype=torch.bool)
+    done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
     new_tokens, new_mask = [], []
     for _ in range(max_new_tokens):
         if temperature == 0:
             token = logits.argmax(-1)
         else:
-            probs = torch.softmax(logits / temperature, dim=-1)
-            token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+            probs = torch.softmax(logits / temperature, dim=-1).cpu()
+            token = torch.multinomial(probs, 1, generator=generator).squeeze(-1).to(device)
         token = torch.where(done, torch.full_like(token, pad), token)
         new_tokens.append(token)
         new_mask.append((~done).long())
         done = done | (token == eos)
+        if stop:
+            done = done | _stopped(tokenizer, new_tokens, ~done, stop, window)
         if bool(done.all()):
             break
         mask = torch.cat([mask, new_mask[-1][:, None]], dim=1)
@@ -95,8 +121,10 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
                     position_ids=positions(mask)[:, -1:], past_key_values=cache, use_cache=True)
         cache, logits = out.past_key_values, out.logits[:, -1].float()
     model.train(was_training)
-    responses, response_mask = torch.stack(new_tokens, 1), torch.stack(new_mask, 1)
+    responses, response_mask = torch.stack(new_tokens, 1).cpu(), torch.stack(new_mask, 1).cpu()
     texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
+    if stop:
+        texts = [cut_at_stop(t, stop) for t in texts]
     return Rollout(torch.cat([prompt_ids, responses], 1), torch.cat([prompt_mask, response_mask], 1),
                    prompt_ids.shape[1], response_mask, texts)
 

@@ -62,9 +62,14 @@ def _lab_dir(root: Path, name: str) -> Path | None:
 
 def prepare(runs: PathLike | Sequence[PathLike], *, base: PathLike | None = None, names: Sequence[str] | None = None,
             task: str | TaskSpec | Any | None = None, evaluators: Sequence[str | EvalSpec] | None = None,
-            teacher: PathLike | None = None, seed: int = 0, device: str = "cpu", dtype: str = "float32",
-            engine: InterventionEngine | None = None, progress: bool = True) -> Setup:
-    """Open runs, load W₀ once (or reuse ``engine``), resolve task and evaluators; fail before any scoring."""
+            teacher: PathLike | None = None, seed: int = 0, device: str = "cpu", dtype: str = "auto",
+            engine: InterventionEngine | None = None, progress: bool = True,
+            task_options: dict[str, Any] | None = None, tokenizer: PathLike | None = None) -> Setup:
+    """Open runs, load W₀ once (or reuse ``engine``), resolve task and evaluators; fail before any scoring.
+
+    ``task_options`` are :data:`opd_dynamics.evaluators.tasks.OPTIONS` (columns, answer_regex, chat_template, limit,
+    stop, max_new_tokens) for a task given as text; ``dtype="auto"`` is bfloat16 on CUDA and float32 on the CPU.
+    """
     roots = [Path(runs)] if isinstance(runs, (str, os.PathLike)) else [Path(r) for r in runs]
     if not roots:
         raise OPDError("no run directories given", hint="pass one run directory (checkpoint-N/ inside)")
@@ -85,11 +90,19 @@ def prepare(runs: PathLike | Sequence[PathLike], *, base: PathLike | None = None
     elif isinstance(task, TaskSpec):
         task_spec = task
     elif isinstance(task, str):
-        task_spec = TaskSpec.parse(task, seed=seed)
+        task_spec = TaskSpec.parse(task, seed=seed, **(task_options or {}))
+    if task_options and not isinstance(task, str):
+        raise OPDError(f"task options {sorted(task_options)} need a task given as text",
+                       hint="pass task='FILE' or 'dataset:NAME:split', or set the options on the TaskSpec")
     task_obj = task_spec.build() if task_spec is not None else task
-    engine = engine or InterventionEngine(base, device=device, dtype=dtype)
+    engine = engine or InterventionEngine(base, device=device, dtype=dtype, tokenizer=tokenizer)
     names = list(names) if names else [None] * len(roots)
     opened = [engine.open_run(r, name=n) for r, n in zip(roots, names)]
+    tok_dir = Path(engine._tok_dir)
+    if engine._tokenizer is None and not (tok_dir / "tokenizer.json").exists():
+        final = opened[0].steps[opened[0].final_step].path  # TRL saves the tokenizer beside every checkpoint
+        if (Path(final) / "tokenizer.json").exists():
+            engine._tok_dir = Path(final)
     if len({r.name for r in opened}) != len(opened):
         raise OPDError(f"two runs are named {opened[0].name!r}", hint="label them with --name, one per run")
     return Setup(engine, opened, task_spec, task_obj, specs, Path(teacher) if teacher else None, seed, progress)
@@ -115,14 +128,17 @@ def execute(setup: Setup, study: str, plans: dict[str, list[Plan]], *, settings:
             extra: pd.DataFrame | None = None, out: PathLike | None = None) -> pd.DataFrame:
     """Score ``plans[run.name]`` on each run; append ``extra`` rows (e.g. per-layer ‖ΔW‖_F); write if ``out``."""
     eng = setup.engine
-    frames = [eng.evaluate(run, plans[run.name], setup.build_evaluators(run), progress=setup.progress)
-              for run in setup.runs]
+    frames, checking = [], {}
+    for run in setup.runs:
+        evs = setup.build_evaluators(run)
+        checking.update({ev.name: ev.details for ev in evs if ev.details})
+        frames.append(eng.evaluate(run, plans[run.name], evs, progress=setup.progress))
     if extra is not None:
         frames.append(extra)
     df = pd.concat(frames, ignore_index=True) if frames else from_rows([])
     df = from_rows(df.to_dict("records")) if len(df) else df
     if out is not None:
-        write(df, out, manifest(setup, study, plans, settings or {}))
+        write(df, out, {**manifest(setup, study, plans, settings or {}), "answer_checking": checking})
     return df
 
 
@@ -181,7 +197,7 @@ def replay(manifest_path: PathLike, *, out: PathLike | None = None, device: str 
     setup = prepare([r["root"] for r in m["runs"]], base=m["base"], names=[r["name"] for r in m["runs"]],
                     task=TaskSpec.from_json(m["task"]), evaluators=[EvalSpec.from_json(e) for e in m["evaluators"]],
                     teacher=m.get("teacher"), seed=m.get("seed", 0), device=device or m.get("device", "cpu"),
-                    dtype=m.get("dtype", "float32"), progress=progress)
+                    dtype=m.get("dtype", "float32"), progress=progress, tokenizer=m.get("tokenizer"))
     for run, rec in zip(setup.runs, m["runs"]):
         if sorted(run.steps) != rec["steps"]:
             raise OPDError(f"{run.root}: steps {sorted(run.steps)} differ from the recorded {rec['steps']}",

@@ -1,0 +1,97 @@
+"""Watch mode: follow a run while another process writes it; half-written checkpoints are waited for, not errors."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pandas as pd
+import pytest
+
+from opd_dynamics.synthetic import make_synthetic_runs
+from opd_dynamics.watch import Stability, follow, incomplete
+
+WRITER = textwrap.dedent('''
+    import json, shutil, sys, time
+    from pathlib import Path
+    src, dst, out = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+
+    def analysed(step, timeout=60):  # go on once the watcher has written the table with this step
+        end = time.time() + timeout
+        while time.time() < end:
+            try:
+                if str(step) in json.loads((out / "manifest.json").read_text())["runs"][0]["steps"]:
+                    return
+            except (OSError, ValueError, KeyError, IndexError):
+                pass
+            time.sleep(0.1)
+
+    def write(step, keep=None, pause=0.0):
+        d = dst / f"checkpoint-{step}"
+        d.mkdir(parents=True)
+        shutil.copy(src / f"checkpoint-{step}" / "config.json", d)
+        data = (src / f"checkpoint-{step}" / "model.safetensors").read_bytes()
+        with open(d / "model.safetensors", "wb") as fh:   # written in two halves, like a slow disk
+            fh.write(data[: len(data) // 2]); fh.flush()
+            time.sleep(pause)
+            if keep is None:
+                fh.write(data[len(data) // 2:])
+
+    write(1, pause=0.5); analysed(1)
+    write(2, pause=0.5); analysed(2)
+    write(8, keep=False)            # a half-written checkpoint that never completes
+    (dst / "tmp-checkpoint-3").mkdir()  # HF Trainer's staging name: never a checkpoint
+    write(3, pause=1.0)
+    write(4, pause=0.5)
+''')
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    return make_synthetic_runs(tmp_path_factory.mktemp("src"), steps=(1, 2, 3, 4, 8), kinds=("opd",), layers=1,
+                               hidden=16)
+
+
+def test_cli_watch_follows_a_run_written_by_another_process(source, tmp_path):
+    run, out = tmp_path / "live", tmp_path / "res"
+    run.mkdir()
+    (tmp_path / "writer.py").write_text(WRITER)
+    writer = subprocess.Popen([sys.executable, str(tmp_path / "writer.py"), str(source["opd"]), str(run), str(out)])
+    try:
+        r = subprocess.run([sys.executable, "-m", "opd_dynamics_cli.app", "analyze", str(run), "--base",
+                            str(source["base"]), "-o", str(out), "-m", "frobenius,alignment_to_final", "--watch",
+                            "--until-step", "4", "--interval", "0.2"], capture_output=True, text=True, timeout=120)
+    finally:
+        writer.wait(timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "error" not in r.stderr and "Traceback" not in r.stderr
+    df = pd.read_parquet(out / "metrics.parquet")
+    assert set(df.step) == {1, 2, 3, 4}  # 8 never completed
+    assert r.stderr.count("analysed steps up to") >= 3  # the table was written while the run went on
+    fresh = __import__("opd_dynamics").analyze([run], base=source["base"], metrics=["frobenius", "alignment_to_final"],
+                                               steps=[1, 2, 3, 4], progress=False)
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "metrics.parquet").astype(fresh.dtypes.to_dict()), fresh)
+
+
+def test_a_checkpoint_is_ready_only_when_complete_and_unchanged(source, tmp_path):
+    d = tmp_path / "checkpoint-1"
+    d.mkdir()
+    data = (source["opd"] / "checkpoint-1" / "model.safetensors").read_bytes()
+    (d / "model.safetensors").write_bytes(data[:100])
+    stable = Stability()
+    assert incomplete(d) and not stable.ready(d)
+    (d / "model.safetensors").write_bytes(data)
+    assert incomplete(d) is None
+    assert not stable.ready(d)  # just changed: wait one more look
+    assert stable.ready(d)
+
+
+def test_follow_stops_on_ctrl_c_and_at_until_step(source, tmp_path):
+    calls = []
+
+    def interrupt(_):
+        raise KeyboardInterrupt
+
+    assert follow(source["opd"], calls.append, interval=0, sleep=interrupt, echo=lambda m: None) == []
+    done = follow(source["opd"], calls.append, interval=0, until_step=3, sleep=lambda s: None, echo=lambda m: None)
+    assert done == [1, 2, 3, 4, 8] and calls[-1] == done
