@@ -52,15 +52,12 @@ def analyze(
     lora_scaling: Annotated[Optional[float], typer.Option("--lora-scaling", help="LoRA runs: s in dW = s*B*A, overriding adapter_config.json (alpha/r).")] = None,
     csv: Annotated[bool, typer.Option("--csv", help="Also write metrics.csv.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, no summary.")] = False,
-<<<<<<< HEAD
-    executor: Annotated[str, typer.Option(help="local, processes[:N] (N worker processes; one per GPU with --device cuda) or ray[:ADDRESS] (auto, ray://host:port; options ,num_cpus=1,num_gpus=0.25). Same table from each.")] = "local",
-=======
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Recompute every cell instead of reusing the ones kept in -o DIR/cache/.")] = False,
     watch: Annotated[bool, typer.Option("--watch", help="Follow a live run: analyse each checkpoint once it is complete (needs -o).")] = False,
     until_step: Annotated[Optional[int], typer.Option("--until-step", help="--watch: stop once a step >= this is analysed.")] = None,
     interval: Annotated[float, typer.Option(help="--watch: seconds between looks (a checkpoint is ready when its file sizes held over one).")] = 5.0,
     report_dir: Annotated[Optional[Path], typer.Option("--report", help="Also (re)write the HTML report here after each analysis.")] = None,
->>>>>>> main
+    executor: Annotated[str, typer.Option(help="local, processes[:N] (N worker processes; one per GPU with --device cuda) or ray[:ADDRESS] (auto, ray://host:port; options ,num_cpus=1,num_gpus=0.25). Same table from each.")] = "local",
 ) -> None:
     """Compute update-geometry metrics for every module at every saved step; print the Table-1 summary."""
     from opd_dynamics import analyze as run_analyze
@@ -68,18 +65,12 @@ def analyze(
     from opd_dynamics.summary import format_table, table1
 
     specs = [Spec.parse(m) for m in _split_specs(metrics)] if metrics else None
-<<<<<<< HEAD
-    df = run_analyze(runs, base=_one_or_many(base), names=name, metrics=specs, select=select,
-                     against=_against(against), steps=_int_list(steps, "--steps"), device=device,
-                     spectrum_method=spectrum, allow_pickle=allow_pickle, nonfinite=nonfinite, lora_scaling=lora_scaling, out=out,
-                     csv=csv, progress=not quiet, executor=executor)
-=======
 
     def once(only_steps, progress):
         df = run_analyze(runs, base=_one_or_many(base), names=name, metrics=specs, select=select,
                          against=_against(against), steps=only_steps, device=device, spectrum_method=spectrum,
                          allow_pickle=allow_pickle, nonfinite=nonfinite, lora_scaling=lora_scaling, out=out, csv=csv,
-                         progress=progress, cache=not no_cache)
+                         progress=progress, cache=not no_cache, executor=executor)
         if report_dir is not None:
             from opd_dynamics.report import build_report
 
@@ -98,7 +89,6 @@ def analyze(
     if report_dir is not None and out is None:
         raise OPDError("--report needs -o DIR (the report is drawn from the written table)", hint="add -o results/")
     df = once(_int_list(steps, "--steps"), not quiet)
->>>>>>> main
     if not quiet:
         wide = table1(df)
         if len(wide):

@@ -114,13 +114,8 @@ def analyze(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] | 
             select: Sequence[str] | Selector | None = None, against: str | int = "base",
             steps: Sequence[int] | None = None, device: str = "auto", spectrum_method: str = "gram",
             allow_pickle: bool = False, nonfinite: str = "error", lora_scaling: float | None = None,
-<<<<<<< HEAD
-            out: PathLike | None = None, csv: bool = False, progress: bool = True,
-            executor: str | Executor | None = None) -> pd.DataFrame:
-=======
             out: PathLike | None = None, csv: bool = False, progress: bool = True, cache: bool = True,
-            skip_incomplete: bool = True) -> pd.DataFrame:
->>>>>>> main
+            skip_incomplete: bool = True, executor: str | Executor | None = None) -> pd.DataFrame:
     """Compute update-geometry metrics for every module at every saved step of one or more runs.
 
     Args:
@@ -141,30 +136,21 @@ def analyze(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] | 
             needed when an exporter wrote ``lora_alpha: 0``).
         out: directory to write ``metrics.parquet`` + ``manifest.json`` into (nothing written on error).
         csv: also write ``metrics.csv``.
-<<<<<<< HEAD
-        executor: where the work runs (:mod:`opd_dynamics.executors`): ``"local"`` (default, this process),
-            ``"processes[:N]"`` (N worker processes; one per GPU with ``device="cuda"``), ``"ray[:ADDRESS]"``
-            (``auto``, ``ray://host:port``, or a local cluster started for the call; ``,num_gpus=0.25`` etc.),
-            or any ``concurrent.futures.Executor``. Every one gives the same table.
-=======
         cache: with ``out``, reuse the cells an earlier analysis kept in ``out/cache/`` and compute only the new
             ones (:mod:`opd_dynamics.cache`); False computes everything afresh (and rewrites the cache).
         skip_incomplete: leave out (with a warning) checkpoints still being written instead of failing;
             ``df.attrs["skipped"]`` then lists them as ``run/step: reason``.
->>>>>>> main
+        executor: where the work runs (:mod:`opd_dynamics.executors`): ``"local"`` (default, this process),
+            ``"processes[:N]"`` (N worker processes; one per GPU with ``device="cuda"``), ``"ray[:ADDRESS]"``
+            (``auto``, ``ray://host:port``, or a local cluster started for the call; ``,num_gpus=0.25`` etc.),
+            or any ``concurrent.futures.Executor``. Every one gives the same table.
 
     Returns:
         The long table ``run, step, ref_step, module, layer, kind, metric, value``.
     """
     specs = _specs(metrics)
     selector = select if isinstance(select, Selector) else Selector.parse(list(select or []))
-<<<<<<< HEAD
     dev = _device(device, executor)
-    runs = open_runs(paths, base=base, names=names, steps=steps, allow_pickle=allow_pickle, lora_scaling=lora_scaling)
-    rows = run_metrics(runs, specs, selector=selector, against=against, device=dev,
-                       spectrum_method=spectrum_method, nonfinite=nonfinite, progress=progress, executor=executor)
-=======
-    dev = resolve_device(device)
     runs = open_runs(paths, base=base, names=names, steps=steps, allow_pickle=allow_pickle, lora_scaling=lora_scaling,
                      skip_incomplete=skip_incomplete)
     memo = None
@@ -176,26 +162,22 @@ def analyze(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] | 
                     reuse=cache)
     try:
         rows = run_metrics(runs, specs, selector=selector, against=against, device=dev,
-                           spectrum_method=spectrum_method, nonfinite=nonfinite, progress=progress, memo=memo)
+                           spectrum_method=spectrum_method, nonfinite=nonfinite, progress=progress, memo=memo,
+                           executor=executor)
     except BaseException:
         if memo is not None:
             memo.discard()
         raise
->>>>>>> main
     df = from_rows(rows)
     skipped = [f"{r.name}/{s}: {why}" for r in runs for s, why in getattr(r, "skipped", {}).items()]
     if out is not None:
         save(df, out, manifest(runs, specs, select=selector.to_json(), against=against, device=str(dev),
                                spectrum_method=spectrum_method, nonfinite=nonfinite, lora_scaling=lora_scaling,
-<<<<<<< HEAD
-                               executor=executor if isinstance(executor, (str, type(None))) else type(executor).__name__,
-                               rows=len(df)), csv=csv)
-=======
                                rows=len(df), skipped=skipped,
+                               executor=executor if isinstance(executor, (str, type(None))) else type(executor).__name__,
                                cells={"computed": memo.computed, "reused": memo.reused}), csv=csv)
         memo.save()
     df.attrs["skipped"] = skipped
->>>>>>> main
     return df
 
 

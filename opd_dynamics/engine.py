@@ -174,64 +174,53 @@ class Job:
     nonfinite: str = "error"
 
 
-def reads(p: TensorPlan, against: str | int) -> int:
-    """Tensor reads the loop makes for one plan (the progress bar's unit)."""
-    return len(_ref_steps(sorted(p.run.steps), against)) + 1
-
-
 def run_metrics(runs: list[Run], specs: list[Spec], *, selector: Selector = Selector(), against: str | int = "base",
                 device: str | torch.device = "cpu", spectrum_method: str = "gram", nonfinite: str = "error",
-<<<<<<< HEAD
-                progress: bool = True, executor=None) -> list[Row]:
-    """Compute every metric for every selected module of every run; return long-table rows.
-
-    ``executor`` (see :mod:`opd_dynamics.executors`): ``None``/``"local"`` runs :func:`stream` here; ``"processes[:N]"``,
-    ``"ray[:ADDRESS]"`` or any ``concurrent.futures.Executor`` run it as tasks of whole tensors, with the same rows
-    in the same order.
-=======
-                progress: bool = True, memo=None) -> list[Row]:
+                progress: bool = True, memo=None, executor=None) -> list[Row]:
     """Compute every metric for every selected module of every run; return long-table rows.
 
     ``memo`` (:class:`opd_dynamics.cache.Memo`) makes the run incremental: it says which (step, metric) cells of
     each tensor are still to compute, supplies the rest (rows, and trajectory states), and keeps what is computed;
     only the checkpoints a missing cell needs (and their references) are read.
->>>>>>> main
+
+    ``executor`` (:mod:`opd_dynamics.executors`): ``None``/``"local"`` runs :func:`stream` here; ``"processes[:N]"``,
+    ``"ray[:ADDRESS]"`` or any ``concurrent.futures.Executor`` run it as tasks of whole tensors elsewhere, with the
+    same rows in the same order.
     """
     if nonfinite not in ("error", "nan"):
         raise OPDError(f"--nonfinite {nonfinite!r} not understood", hint="use error or nan")
     for s in specs:
         s.build()  # bad settings fail before any reading
     plans = [p for run in runs for p in plan(run, selector)]
-<<<<<<< HEAD
     for p in plans:
-        _ref_steps(sorted(p.run.steps), against)  # a bad --against fails here, on the driver
+        _ref_steps(sorted(p.run.steps), against)  # a bad --against fails here, before any reading
     job = Job(tuple(specs), against, str(torch.device(device)), spectrum_method, nonfinite)
     from .executors import execute
 
-    return execute(plans, job, executor, progress=progress)
+    return execute(plans, job, executor, memo=memo, progress=progress)
 
 
-def stream(plans: list[TensorPlan], job: Job, on_read: Callable[[int], object] | None = None) -> list[Row]:
-    """The one loop: each plan's tensor streamed over every step, reads prefetched one ahead; rows out.
+def todo_of(p: TensorPlan, job: Job, memo=None) -> tuple[dict[int, int], dict[int, object], list[int]]:
+    """(refs, todo, read order) of one tensor: {step: ref step}, the cells still to compute, the steps to read."""
+    refs = _ref_steps(sorted(p.run.steps), job.against)
+    todo = memo.todo(p, refs) if memo is not None else {s: None for s in refs}
+    first = 0 if job.against in ("base", "prev", 0) else job.against
+    return refs, todo, _read_order(refs, todo, job.against, first)
 
-    One call is one task of an executor (all plans for ``local``, a block of tensors elsewhere); the rows of a
-    plan come out in the same order whichever task computed them.
+
+def stream(plans: list[TensorPlan], job: Job, *, memo=None, on_read: Callable[[int], object] | None = None) -> list[Row]:
+    """The one loop: each tensor streamed over the steps it needs, reads prefetched one ahead; rows out.
+
+    One call is one task of an executor (every tensor for ``local``, a block of whole tensors elsewhere). A task
+    that cannot keep trajectory states itself gets a ``memo`` with ``finalizes = False`` (a recorder): it records
+    the computed cells and states, and the driver finalises (:mod:`opd_dynamics.executors`).
     """
-    against, device = job.against, torch.device(job.device)
-    spectrum_method, nonfinite = job.spectrum_method, job.nonfinite
+    device = torch.device(job.device)
+    against, spectrum_method, nonfinite = job.against, job.spectrum_method, job.nonfinite
     limit_heap_growth()
     built = [(s, s.info, s.build()) for s in job.specs]
     keep_after = any(info.needs_after for _, info, _ in built)
-    schedule = [(p, _ref_steps(sorted(p.run.steps), against)) for p in plans]
-=======
-    first = 0 if against in ("base", "prev", 0) else against
-    schedule = []
-    for p in plans:
-        refs = _ref_steps(sorted(p.run.steps), against)
-        todo = memo.todo(p, refs) if memo is not None else {s: None for s in refs}
-        schedule.append((p, refs, todo, _read_order(refs, todo, against, first)))
-    n_reads = sum(len(order) for *_, order in schedule)
->>>>>>> main
+    schedule = [(p, *todo_of(p, job, memo)) for p in plans]
     rows: list[Row] = []
     tick = on_read or (lambda n: None)
 
@@ -243,22 +232,6 @@ def stream(plans: list[TensorPlan], job: Job, on_read: Callable[[int], object] |
 
     reader = _prefetched(tasks())
     try:
-<<<<<<< HEAD
-        for p, refs in schedule:
-            ref_raw = next(reader)
-            tick(1)
-            base = _Base(p, device, ref_raw if first == 0 else None)
-            cache: dict[str, dict] = {part.name: {} for part in p.parts}
-            states: dict[tuple[str, int], dict[int, object]] = {}
-            for step, ref_step in refs.items():
-                raw = next(reader)
-                tick(1)
-                for part in p.parts:
-                    rows.extend(_one_view(p, part, step, ref_step, raw, ref_raw, base, built, states,
-                                          cache[part.name], keep_after, spectrum_method, nonfinite))
-                if against == "prev":
-                    ref_raw = raw
-=======
         for p, refs, todo, order in schedule:
             base = _Base(p, device, None)
             cache: dict[str, dict] = {part.name: {} for part in p.parts}
@@ -267,8 +240,8 @@ def stream(plans: list[TensorPlan], job: Job, on_read: Callable[[int], object] |
                 states.update(memo.states(p, refs, todo))
             held: dict[int, object] = {}  # the raw tensors a later step is measured against
             for s in order:
-                raw = next(stream)
-                bar.update(1)
+                raw = next(reader)
+                tick(1)
                 if s == 0:
                     base.raw = raw
                 if s in todo:
@@ -280,21 +253,28 @@ def stream(plans: list[TensorPlan], job: Job, on_read: Callable[[int], object] |
                             rows.extend(out)
                     del ref_raw
                 held = {s: raw} if against == "prev" else (held or {s: raw})
->>>>>>> main
                 del raw
             if memo is not None:  # every per-step cell, kept or computed, in the order a fresh run emits them
                 rows.extend(memo.rows(p, refs))
-            for part in p.parts:
-                for i, (spec, info, m) in enumerate(built):
-                    st = states.get((part.name, i))
-                    if st:
-                        for step, value in m.finalize(dict(sorted(st.items()))).items():
-                            rows.extend(_emit(p, part, step, refs[step], info, value))
+            if getattr(memo, "finalizes", True):
+                rows.extend(finalize(p, built, states, refs))
             if memo is not None:
                 memo.done(p)
             del held, base
     finally:
         reader.close()
+    return rows
+
+
+def finalize(p: TensorPlan, built, states: dict[tuple[str, int], dict[int, object]], refs: dict[int, int]) -> list[Row]:
+    """Rows of the trajectory metrics of one tensor from their per-step states."""
+    rows: list[Row] = []
+    for part in p.parts:
+        for i, (spec, info, m) in enumerate(built):
+            st = states.get((part.name, i))
+            if st:
+                for step, value in m.finalize(dict(sorted(st.items()))).items():
+                    rows.extend(_emit(p, part, step, refs[step], info, value))
     return rows
 
 

@@ -35,7 +35,7 @@ from typing import Any, Iterator
 import torch
 from tqdm.auto import tqdm
 
-from .engine import Job, Row, TensorPlan, reads, stream
+from .engine import Job, Row, TensorPlan, finalize, stream, todo_of
 from .errors import OPDError
 
 KINDS = ("local", "processes", "ray")
@@ -105,6 +105,7 @@ class Task:
     reads: int
     threads: int | None = None               # torch threads where it runs (None: leave as is)
     cost: int = 0                            # elements read, for scheduling the costliest first
+    todos: dict[str, dict] | None = None     # incremental runs: {tensor: {step: spec indices to compute}}
 
     def plans(self) -> list[TensorPlan]:
         run = self.run if not isinstance(self.run, dict) else reopen(self.run)
@@ -116,6 +117,35 @@ class Result:
     rows: list[Row]
     warnings: list[tuple[str, type]]
     node: str
+    cells: dict[str, list] | None = None     # incremental runs: {tensor: [(part, step, ref, spec index, put kwargs)]}
+
+
+class Recorder:
+    """A task's stand-in for the driver's :class:`~opd_dynamics.cache.Memo`: it is told which cells to compute
+    and records them (rows, and trajectory states on the CPU); the driver replays them into the memo and finalises
+    the trajectory metrics there, with the states the memo kept."""
+
+    finalizes = False
+
+    def __init__(self, todos: dict[str, dict]):
+        self.todos, self.cells = todos, {}
+
+    def todo(self, p, refs):
+        return self.todos[p.tensor]
+
+    def states(self, p, refs, todo):
+        return {}
+
+    def put(self, p, part, step, ref_step, i, **kw):
+        if isinstance(kw.get("state"), torch.Tensor):
+            kw["state"] = kw["state"].cpu()
+        self.cells.setdefault(p.tensor, []).append((part, step, ref_step, i, kw))
+
+    def rows(self, p, refs):
+        return []
+
+    def done(self, p):
+        pass
 
 
 _OPEN: dict[str, Any] = {}
@@ -159,10 +189,12 @@ def run_task(task: Task) -> Result:
     """Run one task where it lands: its torch threads, its checkpoints re-opened, its warnings kept for the driver."""
     if task.threads:
         torch.set_num_threads(min(task.threads, cpu_budget()))
-    with warnings.catch_warnings(record=True) as caught:
+    memo = Recorder(task.todos) if task.todos is not None else None
+    with warnings.catch_warnings(record=True) as caught:  # (per process: threads sharing one would interleave)
         warnings.simplefilter("always")
-        rows = stream(task.plans(), task.job)
-    return Result(rows, [(str(w.message), w.category) for w in caught], node_name())
+        rows = stream(task.plans(), task.job, memo=memo)
+    return Result(rows, [(str(w.message), w.category) for w in caught], node_name(),
+                  memo.cells if memo is not None else None)
 
 
 def check_visible(source: dict) -> str:
@@ -171,28 +203,34 @@ def check_visible(source: dict) -> str:
     return node_name()
 
 
-def make_tasks(plans: list[TensorPlan], job: Job, workers: int, threads: int | None) -> list[Task]:
-    """Consecutive tensors of one run grouped into blocks of similar cost (≈ 4 blocks per worker), in plan order."""
-    def cost(p):
-        n = 1
-        for d in p.run.base.shape(p.tensor):
-            n *= d
-        return n * reads(p, job.against)
+def make_tasks(plans: list[TensorPlan], job: Job, workers: int, threads: int | None,
+               todos: list[tuple] | None = None) -> list[Task]:
+    """Consecutive tensors of one run grouped into blocks of similar cost (≈ 4 blocks per worker), in plan order.
 
-    total = sum(cost(p) for p in plans) or 1
-    target = total / (4 * max(1, workers))
+    ``todos``: per plan, :func:`~opd_dynamics.engine.todo_of` with the driver's memo (incremental runs).
+    """
+    orders = [t[2] for t in todos] if todos else [todo_of(p, job)[2] for p in plans]
+
+    def cost(i):
+        n = 1
+        for d in plans[i].run.base.shape(plans[i].tensor):
+            n *= d
+        return n * len(orders[i])
+
+    costs = [cost(i) for i in range(len(plans))]
+    target = (sum(costs) or 1) / (4 * max(1, workers))
     tasks, block, acc = [], [], 0
     for i, p in enumerate(plans):
-        block.append(p)
-        acc += cost(p)
+        block.append(i)
+        acc += costs[i]
         nxt = plans[i + 1] if i + 1 < len(plans) else None
         if nxt is None or nxt.run is not p.run or acc >= target:
-            run = p.run
-            if run.source is None:
-                raise OPDError(f"run {run.name!r} was built by hand, so workers cannot re-open it",
+            if p.run.source is None:
+                raise OPDError(f"run {p.run.name!r} was built by hand, so workers cannot re-open it",
                                hint="open it with opd_dynamics.open_runs / open_run, or use executor='local'")
-            tasks.append(Task(run.source, tuple((q.tensor, q.parts, q.ndim) for q in block), job,
-                              sum(reads(q, job.against) for q in block), threads, acc))
+            tasks.append(Task(p.run.source, tuple((plans[j].tensor, plans[j].parts, plans[j].ndim) for j in block), job,
+                              sum(len(orders[j]) for j in block), threads, acc,
+                              {plans[j].tensor: todos[j][1] for j in block} if todos else None))
             block, acc = [], 0
     return tasks
 
@@ -306,24 +344,48 @@ def open_executor(spec: ExecutorSpec, job: Job, sources: list[dict]) -> Iterator
 
 
 def execute(plans: list[TensorPlan], job: Job, executor: str | ExecutorSpec | Executor | None = None, *,
-            progress: bool = True) -> list[Row]:
+            memo=None, progress: bool = True) -> list[Row]:
     """Run the engine's loop over ``plans`` on an executor; rows in plan order, one progress bar here."""
     spec = executor if isinstance(executor, (ExecutorSpec, Executor)) else ExecutorSpec.parse(executor or "local")
-    bar = tqdm(total=sum(reads(p, job.against) for p in plans), disable=not progress, desc="reading tensors",
-               unit="tensor", leave=False)
+    todos = [todo_of(p, job, memo) for p in plans]
+    bar = tqdm(total=sum(len(t[2]) for t in todos), disable=not progress, desc="reading tensors", unit="tensor",
+               leave=False)
     try:
         if isinstance(spec, ExecutorSpec) and spec.kind == "local":
-            return stream(plans, job, on_read=bar.update)
+            return stream(plans, job, memo=memo, on_read=bar.update)
         if isinstance(spec, Executor):  # the caller's own executor: theirs to shut down
-            return _gather(spec, make_tasks(plans, job, 4, None), bar)
-        sources = list({repr(sorted(p.run.source.items())): p.run.source for p in plans if p.run.source}.values())
-        with open_executor(spec, job, sources) as (ex, workers, threads):
-            return _gather(ex, make_tasks(plans, job, workers, threads), bar)
+            tasks = make_tasks(plans, job, 4, None, todos if memo else None)
+            results = _gather(spec, tasks, bar)
+        else:
+            sources = list({repr(sorted(p.run.source.items())): p.run.source for p in plans if p.run.source}.values())
+            with open_executor(spec, job, sources) as (ex, workers, threads):
+                tasks = make_tasks(plans, job, workers, threads, todos if memo else None)
+                results = _gather(ex, tasks, bar)
     finally:
         bar.close()
+    if memo is None:
+        return [row for res in results for row in res.rows]
+    cells = {(t.run["name"], name): res.cells.get(name, []) for t, res in zip(tasks, results) for name, *_ in t.tensors}
+    return _replay(plans, job, todos, cells, memo)
 
 
-def _gather(ex: Executor, tasks: list[Task], bar) -> list[Row]:
+def _replay(plans, job: Job, todos, cells: dict[tuple, list], memo) -> list[Row]:
+    """Incremental runs: the tasks' cells into the memo, tensor by tensor in plan order, as :func:`stream` does."""
+    built = [(s, s.info, s.build()) for s in job.specs]
+    rows: list[Row] = []
+    for p, (refs, todo, _) in zip(plans, todos):
+        states = memo.states(p, refs, todo)
+        for part, step, ref, i, kw in cells[(p.run.name, p.tensor)]:
+            memo.put(p, part, step, ref, i, **kw)
+            if "state" in kw:
+                states.setdefault((part.name, i), {})[step] = kw["state"]
+        rows.extend(memo.rows(p, refs))
+        rows.extend(finalize(p, built, states, refs))
+        memo.done(p)
+    return rows
+
+
+def _gather(ex: Executor, tasks: list[Task], bar) -> list[Result]:
     """Submit the costliest tasks first (the long ones start early), collect results back in task order."""
     order = sorted(range(len(tasks)), key=lambda i: -tasks[i].cost)
     futures = {ex.submit(run_task, tasks[i]): i for i in order}
@@ -339,9 +401,7 @@ def _gather(ex: Executor, tasks: list[Task], bar) -> list[Row]:
     finally:
         for fut in futures:
             fut.cancel()
-    rows: list[Row] = []
     for res in results:
         for message, category in res.warnings:
             warnings.warn(f"{message} (on {res.node})", category, stacklevel=4)
-        rows.extend(res.rows)
-    return rows
+    return results
