@@ -50,8 +50,84 @@ def cpu_budget() -> int:
 
 
 def default_threads(workers: int = 1) -> int:
-    """torch intra-op threads for each of ``workers`` processes sharing this machine's allowed CPUs."""
-    return max(1, cpu_budget() // max(1, workers))
+    """Compute threads (torch and OpenBLAS) for each of ``workers`` processes sharing the CPUs this process may use.
+
+    ``workers × threads`` never exceeds the affinity mask. For one process (``local``) it is also at most what the
+    caller gave torch (``torch.set_num_threads`` / ``OMP_NUM_THREADS``) and at most the CPUs other jobs leave free
+    (the 1-minute load average, scaled to the mask): oversubscribed BLAS/OpenMP threads spin-wait on each other,
+    and on a busy 2-core machine two threads each were 28× slower than one (docs/performance.md, "Threads").
+    ``OPD_DYNAMICS_THREADS=N`` overrides the choice.
+    """
+    forced = os.environ.get("OPD_DYNAMICS_THREADS", "").strip()
+    if forced.isdigit() and int(forced) > 0:
+        return int(forced)
+    cpus = cpu_budget()
+    per = max(1, cpus // max(1, workers))
+    if workers > 1:
+        return per
+    try:
+        busy = os.getloadavg()[0] / (os.cpu_count() or cpus)  # the machine's busy fraction
+    except (AttributeError, OSError):
+        busy = 0.0
+    free = round(cpus * max(0.0, 1.0 - busy))
+    return max(1, min(per, torch.get_num_threads(), free))
+
+
+@contextmanager
+def compute_threads(n: int) -> Iterator[None]:
+    """Run with ``n`` torch and OpenBLAS threads, then give the caller's settings back."""
+    before, blas = torch.get_num_threads(), blas_threads()
+    limit_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+        if blas is not None:
+            set_blas_threads(blas)
+
+
+def _openblas():
+    """numpy's bundled OpenBLAS (the CPU float64 Gram/eigh backend on some machines), or None."""
+    import ctypes
+    import glob
+
+    import numpy as np
+
+    libs = os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs")
+    for path in sorted(glob.glob(os.path.join(libs, "*openblas*"))):
+        try:
+            return ctypes.CDLL(path)  # already loaded by numpy: this is the same handle
+        except OSError:
+            continue
+    return None
+
+
+def limit_threads(n: int) -> None:
+    """Cap this process's compute threads at ``n``: torch's intra-op pool and numpy's OpenBLAS pool (which does not
+    follow ``torch.set_num_threads``; without this each worker would run one BLAS thread per CPU)."""
+    torch.set_num_threads(n)
+    set_blas_threads(n)
+
+
+def set_blas_threads(n: int) -> bool:
+    """Set the threads of numpy's OpenBLAS pool; False when it cannot be set (another BLAS, or none found)."""
+    lib = _openblas()
+    for name in ("scipy_openblas_set_num_threads64_", "openblas_set_num_threads64_", "openblas_set_num_threads"):
+        fn = getattr(lib, name, None) if lib is not None else None
+        if fn is not None:
+            fn(int(n))
+            return True
+    return False
+
+
+def blas_threads() -> int | None:
+    """Threads of numpy's OpenBLAS pool (None when it cannot be asked)."""
+    lib = _openblas()
+    for name in ("scipy_openblas_get_num_threads64_", "openblas_get_num_threads64_", "openblas_get_num_threads"):
+        fn = getattr(lib, name, None) if lib is not None else None
+        if fn is not None:
+            return int(fn())
+    return None
 
 
 @dataclass(frozen=True)
@@ -188,7 +264,7 @@ def reopen(source: dict):
 def run_task(task: Task) -> Result:
     """Run one task where it lands: its torch threads, its checkpoints re-opened, its warnings kept for the driver."""
     if task.threads:
-        torch.set_num_threads(min(task.threads, cpu_budget()))
+        limit_threads(min(task.threads, cpu_budget()))
     memo = Recorder(task.todos) if task.todos is not None else None
     with warnings.catch_warnings(record=True) as caught:  # (per process: threads sharing one would interleave)
         warnings.simplefilter("always")
@@ -249,7 +325,7 @@ class InlineExecutor(Executor):
 
 
 def _init_worker(threads: int, gpus) -> None:
-    torch.set_num_threads(threads)
+    limit_threads(threads)
     if gpus is not None:
         torch.cuda.set_device(gpus.get())
 
@@ -352,7 +428,8 @@ def execute(plans: list[TensorPlan], job: Job, executor: str | ExecutorSpec | Ex
                leave=False)
     try:
         if isinstance(spec, ExecutorSpec) and spec.kind == "local":
-            return stream(plans, job, memo=memo, on_read=bar.update)
+            with compute_threads(default_threads(1)):
+                return stream(plans, job, memo=memo, on_read=bar.update)
         if isinstance(spec, Executor):  # the caller's own executor: theirs to shut down
             tasks = make_tasks(plans, job, 4, None, todos if memo else None)
             results = _gather(spec, tasks, bar)

@@ -14,7 +14,7 @@ import torch
 from opd_dynamics import analyze, open_run
 from opd_dynamics.engine import run_metrics
 from opd_dynamics.errors import CheckpointError, OPDError
-from opd_dynamics.executors import ExecutorSpec, cpu_budget, default_threads, open_executor
+from opd_dynamics.executors import ExecutorSpec, blas_threads, cpu_budget, default_threads, open_executor
 from opd_dynamics.engine import Job
 from opd_dynamics.io.discovery import Run
 from opd_dynamics.metrics.registry import Spec
@@ -145,7 +145,9 @@ def test_workers_times_threads_fit_the_affinity_mask():
     job = Job((Spec("frobenius"),))
     with open_executor(ExecutorSpec("processes", workers=2), job, []) as (ex, workers, _):
         got = [f.result() for f in [ex.submit(torch.get_num_threads) for _ in range(4)]]
+        blas = [f.result() for f in [ex.submit(blas_threads) for _ in range(4)]]
     assert workers <= cpus and max(got) * workers <= cpus
+    assert all(b is None or b * workers <= cpus for b in blas)  # numpy's OpenBLAS pool too
 
 
 def test_default_torch_threads_follow_the_affinity_mask():
@@ -202,3 +204,28 @@ def test_incremental_runs_on_an_executor_match_a_fresh_local_run(synthetic_runs,
     local = analyze([run], out=tmp_path / "local", **kw)  # and the cache it wrote serves a local re-run
     pd.testing.assert_frame_equal(fresh, analyze([run], out=out, **kw), check_exact=True)
     pd.testing.assert_frame_equal(fresh, local, check_exact=True)
+
+
+def test_local_runs_use_one_thread_count_for_torch_and_openblas_and_give_it_back(synthetic_runs, monkeypatch):
+    """The numpy OpenBLAS pool (the float64 Gram backend on some CPUs) ignores torch.set_num_threads; oversubscribed,
+    the two pools made a loaded 2-core run 28× slower. During a local run both follow one choice; after it the
+    caller's settings are back."""
+    import opd_dynamics.executors as executors
+
+    seen = []
+    real = executors.stream
+
+    def spy(*args, **kwargs):
+        seen.append((torch.get_num_threads(), blas_threads()))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(executors, "stream", spy)
+    before = (torch.get_num_threads(), blas_threads())
+    monkeypatch.setenv("OPD_DYNAMICS_THREADS", "1")
+    analyze([synthetic_runs["opd"]], base=synthetic_runs["base"], metrics=["frobenius"], progress=False)
+    assert seen[-1][0] == 1 and seen[-1][1] in (None, 1)
+    monkeypatch.delenv("OPD_DYNAMICS_THREADS")
+    analyze([synthetic_runs["opd"]], base=synthetic_runs["base"], metrics=["frobenius"], progress=False)
+    t, b = seen[-1]
+    assert 1 <= t <= min(cpu_budget(), before[0]) and b in (None, t)
+    assert (torch.get_num_threads(), blas_threads()) == before
