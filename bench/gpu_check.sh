@@ -7,6 +7,7 @@
 # 3. times analyze on CUDA and on the CPU for a Qwen2-0.5B-shaped (24 layers) and a Qwen2-7B-shaped (2 of its 28
 #    layers: every matrix shape and the embedding, per-layer costs extrapolate) bf16 trajectory built locally,
 # 4. if time is left, the speedup of processes:1,2,4,8 on the CPU (bench/bench_scale.py, 0.5B shapes, 8 layers).
+# DRY_RUN=1 checks the script on a machine without CUDA: no install (PYTHONPATH instead), CPU only, tiny shapes.
 # Every phase has its own time limit, so a slow phase costs its share and the rest still runs; results so far are
 # always in $OUT (summary.md, pytest.txt, gpu-bench.jsonl, scale.txt, env.txt).
 set -uo pipefail
@@ -32,8 +33,10 @@ say() { echo "[gpu_check $(( $(date +%s) - START ))s] $*" | tee -a "$OUT/summary
   grep -m1 "model name" /proc/cpuinfo
 } > "$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
+DEVICES=cuda,cpu
 if ! python3 -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
-  say "no CUDA device visible to torch: nothing to check"; exit 1
+  if [ -z "${DRY_RUN:-}" ]; then say "no CUDA device visible to torch: nothing to check"; exit 1; fi
+  DEVICES=cpu; say "DRY_RUN: no CUDA here; CPU only, tiny shapes"
 fi
 missing=$(python3 - <<'EOF'
 import importlib
@@ -44,7 +47,7 @@ EOF
 [ -n "$missing" ] && say "missing Python packages (install them first; this script does not download): $missing"
 
 # -- 1. install ----------------------------------------------------------------------------------------------------
-if timeout 120 python3 -m pip install -q --no-deps --no-build-isolation -e . > "$OUT/install.txt" 2>&1; then
+if [ -z "${DRY_RUN:-}" ] && timeout 120 python3 -m pip install -q --no-deps --no-build-isolation -e . > "$OUT/install.txt" 2>&1; then
   say "installed with pip -e (no deps)"
 else
   shim=$(mktemp -d); ln -s "$REPO/cli" "$shim/opd_dynamics_cli"
@@ -68,10 +71,15 @@ bench() {  # shape layers steps limit
   if [ "$t" -lt 20 ]; then say "skipped $1 ($2 layers): out of time"; return; fi
   say "analyze $1-shaped, $2 layers, $3 steps (limit ${t}s)"
   timeout "$t" python3 bench/gpu_bench.py --shape "$1" --layers "$2" --steps "$3" --dir "$DATA" \
-    --out "$OUT/gpu-bench.jsonl" >> "$OUT/gpu-bench.log" 2>&1 || say "  $1 stopped (exit $?): see gpu-bench.log"
+    --devices "$DEVICES" --out "$OUT/gpu-bench.jsonl" >> "$OUT/gpu-bench.log" 2>&1 \
+    || say "  $1 stopped (exit $?): see gpu-bench.log"
 }
-bench 0.5b 24 2 150
-bench 7b 2 2 170
+if [ -n "${DRY_RUN:-}" ]; then
+  bench 0.5b 1 1 150
+else
+  bench 0.5b 24 2 150
+  bench 7b 2 2 170
+fi
 python3 - "$OUT/gpu-bench.jsonl" <<'EOF' | tee -a "$OUT/summary.md"
 import json, sys
 try:
@@ -88,7 +96,7 @@ for r in rows:
 EOF
 
 # -- 4. CPU worker scaling, if time is left ------------------------------------------------------------------------
-if [ "$(left)" -gt 100 ]; then
+if [ "$(left)" -gt 100 ] && [ -z "${DRY_RUN:-}" ]; then
   say "processes:1,2,4,8 on the CPU (0.5B shapes, 8 layers, 2 steps)"
   timeout $(( $(left) - 10 )) python3 bench/bench_scale.py --dir "$DATA" --layers 8 --steps 2 --workers 1,2,4,8 \
     --executors local,processes > "$OUT/scale.txt" 2>&1 || say "  scaling stopped (exit $?): partial output in scale.txt"
