@@ -21,7 +21,7 @@ import math
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Iterable, Iterator
 
 import torch
@@ -31,12 +31,12 @@ from .io.discovery import Run
 from .io.reader import Reader, nbytes, read_state
 from . import linalg
 from .linalg import Factored
-from .metrics.registry import Spec
+from .metrics.registry import Spec, settings_suffixes
 from .naming import Part, parts
 from .select import Selector
 from .view import ModuleView
 
-Row = tuple  # (run, step, ref_step, module, layer, kind, metric, value)
+Row = tuple  # (run, step, ref_step, module, layer, expert, kind, metric, value)
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,8 @@ def plan(run: Run, selector: Selector) -> list[TensorPlan]:
             if ck.shape(name) != shape:
                 raise CheckpointError(f"{ck.file_of(name)}: tensor {name!r} has shape {list(ck.shape(name))}, "
                                       f"the base has {list(shape)}", hint="check --base names the model this run started from")
-        chosen = tuple(p for p in parts(name, shape, config) if selector.matches(p, len(shape)))
+        chosen = tuple(p for p in parts(name, shape, config)
+                       if selector.matches(p, len(shape) - (p.index is not None)))  # an expert's slab is a matrix
         if chosen:
             out.append(TensorPlan(run, name, chosen, len(shape)))
     return out
@@ -131,6 +132,8 @@ def _read(ck: Reader, name: str, device: torch.device) -> Callable[[], torch.Ten
 
 
 def _part(t: torch.Tensor | Factored, p: Part) -> torch.Tensor | Factored:
+    if p.index is not None:  # one expert of a fused [E, ...] tensor
+        t = t[p.index]
     if t.ndim != 2:
         return t
     t = t.T if p.transpose else t
@@ -189,8 +192,7 @@ def run_metrics(runs: list[Run], specs: list[Spec], *, selector: Selector = Sele
     """
     if nonfinite not in ("error", "nan"):
         raise OPDError(f"--nonfinite {nonfinite!r} not understood", hint="use error or nan")
-    for s in specs:
-        s.build()  # bad settings fail before any reading
+    built(specs)  # unknown metrics and bad settings fail here, before any reading
     plans = [p for run in runs for p in plan(run, selector)]
     for p in plans:
         _ref_steps(sorted(p.run.steps), against)  # a bad --against fails here, before any reading
@@ -198,6 +200,11 @@ def run_metrics(runs: list[Run], specs: list[Spec], *, selector: Selector = Sele
     from .executors import execute
 
     return execute(plans, job, executor, memo=memo, progress=progress)
+
+
+def built(specs) -> list[tuple]:
+    """(spec, info, metric) per spec, each info carrying the column suffix that tells repeated metrics apart."""
+    return [(s, replace(s.info, suffix=suffix), s.build()) for s, suffix in zip(specs, settings_suffixes(specs))]
 
 
 def todo_of(p: TensorPlan, job: Job, memo=None) -> tuple[dict[int, int], dict[int, object], list[int]]:
@@ -218,8 +225,8 @@ def stream(plans: list[TensorPlan], job: Job, *, memo=None, on_read: Callable[[i
     device = torch.device(job.device)
     against, spectrum_method, nonfinite = job.against, job.spectrum_method, job.nonfinite
     limit_heap_growth()
-    built = [(s, s.info, s.build()) for s in job.specs]
-    keep_after = any(info.needs_after for _, info, _ in built)
+    metrics = built(job.specs)
+    keep_after = any(info.needs_after for _, info, _ in metrics)
     schedule = [(p, *todo_of(p, job, memo)) for p in plans]
     rows: list[Row] = []
     tick = on_read or (lambda n: None)
@@ -247,7 +254,7 @@ def stream(plans: list[TensorPlan], job: Job, *, memo=None, on_read: Callable[[i
                 if s in todo:
                     ref_raw = held[refs[s]]
                     for part in p.parts:
-                        out = _one_view(p, part, s, refs[s], raw, ref_raw, base, built, states, cache[part.name],
+                        out = _one_view(p, part, s, refs[s], raw, ref_raw, base, metrics, states, cache[part.name],
                                         keep_after, spectrum_method, nonfinite, todo[s], memo)
                         if memo is None:
                             rows.extend(out)
@@ -257,7 +264,7 @@ def stream(plans: list[TensorPlan], job: Job, *, memo=None, on_read: Callable[[i
             if memo is not None:  # every per-step cell, kept or computed, in the order a fresh run emits them
                 rows.extend(memo.rows(p, refs))
             if getattr(memo, "finalizes", True):
-                rows.extend(finalize(p, built, states, refs))
+                rows.extend(finalize(p, metrics, states, refs))
             if memo is not None:
                 memo.done(p)
             del held, base
@@ -290,7 +297,7 @@ def _read_order(refs: dict[int, int], todo: dict[int, object], against, first: i
 def _emit(p: TensorPlan, part: Part, step: int, ref_step: int, info, value) -> Iterator[Row]:
     values = value if isinstance(value, dict) else {info.outputs[0]: value}
     for metric, v in values.items():
-        yield (p.run.name, step, ref_step, part.name, part.layer, part.kind, metric, float(v))
+        yield (p.run.name, step, ref_step, part.name, part.layer, part.expert, part.kind, metric + info.suffix, float(v))
 
 
 def _finite(x: torch.Tensor | Factored) -> bool:

@@ -35,7 +35,7 @@ from typing import Any, Iterator
 import torch
 from tqdm.auto import tqdm
 
-from .engine import Job, Row, TensorPlan, finalize, stream, todo_of
+from .engine import Job, Row, TensorPlan, built, finalize, stream, todo_of
 from .errors import OPDError
 
 KINDS = ("local", "processes", "ray")
@@ -250,7 +250,7 @@ def reopen(source: dict):
                 warnings.simplefilter("ignore")  # the driver already warned about what discovery finds
                 run = open_run(source["root"], base=source["base"], name=source["name"], steps=source["steps"],
                                allow_pickle=source["allow_pickle"], lora_scaling=source["lora_scaling"],
-                               warn_missing=False)
+                               warn_missing=False, storage=source.get("storage"))
         except (OPDError, OSError) as e:
             raise OPDError(f"node {node_name()} cannot read run {source['name']!r}: {getattr(e, 'message', e)}",
                            hint="put the checkpoints on storage every worker mounts at the same path "
@@ -448,7 +448,7 @@ def execute(plans: list[TensorPlan], job: Job, executor: str | ExecutorSpec | Ex
 
 def _replay(plans, job: Job, todos, cells: dict[tuple, list], memo) -> list[Row]:
     """Incremental runs: the tasks' cells into the memo, tensor by tensor in plan order, as :func:`stream` does."""
-    built = [(s, s.info, s.build()) for s in job.specs]
+    metrics = built(job.specs)
     rows: list[Row] = []
     for p, (refs, todo, _) in zip(plans, todos):
         states = memo.states(p, refs, todo)
@@ -457,7 +457,7 @@ def _replay(plans, job: Job, todos, cells: dict[tuple, list], memo) -> list[Row]
             if "state" in kw:
                 states.setdefault((part.name, i), {})[step] = kw["state"]
         rows.extend(memo.rows(p, refs))
-        rows.extend(finalize(p, built, states, refs))
+        rows.extend(finalize(p, metrics, states, refs))
         memo.done(p)
     return rows
 
