@@ -13,7 +13,9 @@ import datetime as _dt
 import os
 import platform
 from collections import Counter
+from contextlib import nullcontext
 from importlib import metadata
+from concurrent.futures import Executor
 from typing import Sequence
 
 import pandas as pd
@@ -22,10 +24,12 @@ import torch
 from .engine import run_metrics
 from .errors import OPDError
 from .io.discovery import Run, open_run
-from .metrics.registry import DEFAULT_METRICS, Spec
+from .io.storage import StorageConfig, as_path, is_remote
+from .metrics.registry import DEFAULT_METRICS, Spec, unique_specs
 from .select import Selector
-from .table import from_rows, save
-from .watch import complete_steps
+from .outdir import claim
+from .table import from_rows, table_files
+from .live import complete_steps
 
 PathLike = str | os.PathLike
 
@@ -39,22 +43,35 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def _device(device: str, executor) -> torch.device:
+    """The device tasks use; on a Ray cluster ``cuda`` names the workers' GPUs, which this driver may lack."""
+    if isinstance(executor, str) and executor.startswith("ray") and device.startswith("cuda"):
+        return torch.device(device)
+    return resolve_device(device)
+
+
 def _specs(metrics: Sequence[str | Spec] | None) -> list[Spec]:
+    """Parsed, checked specs; one metric may appear with several settings (labelled apart in the table), an exact
+    repeat is dropped."""
     specs = [m if isinstance(m, Spec) else Spec.parse(m) for m in (metrics or DEFAULT_METRICS)]
     for s in specs:
+        s.check()
         s.build()  # unknown names and bad settings fail here, before any reading
-    return specs
+    return unique_specs(specs)
 
 
 def open_runs(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] | None = None,
               names: Sequence[str] | None = None, steps: Sequence[int] | None = None,
               allow_pickle: bool = False, lora_scaling: float | None = None,
-              skip_incomplete: bool = True, ds_weights: str = "fp32") -> list[Run]:
-    """Discover several runs; ``base`` is one directory for all or one per run.
+              storage: StorageConfig | dict | None = None, skip_incomplete: bool = True,
+              ds_weights: str = "fp32") -> list[Run]:
+    """Discover several runs; ``base`` is one directory for all or one per run (paths or URLs).
 
-    With ``skip_incomplete`` a checkpoint still being written (:func:`opd_dynamics.watch.incomplete`) is left out
-    with a warning; each run's ``skipped`` then maps its step to the reason.
+    With ``skip_incomplete`` a checkpoint still being written (:func:`opd_dynamics.live.incomplete`) is left out
+    with a warning; each run's ``skipped`` then maps its step to the reason. Remote runs are not checked: an object
+    store shows an object only once its upload completed, and a shard still missing is a clear error.
     """
+    storage = _storage(storage)
     if not paths:
         raise OPDError("no run directories given", hint="opd-dynamics analyze RUN_DIR [RUN_DIR ...] --base BASE_DIR")
     bases = list(base) if isinstance(base, (list, tuple)) else [base] * len(paths)
@@ -64,10 +81,10 @@ def open_runs(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] 
     runs = []
     for p, b, n in zip(paths, bases, names):
         wanted, skipped = list(steps) if steps else None, {}
-        if skip_incomplete:
+        if skip_incomplete and not is_remote(as_path(p, storage)):
             wanted, skipped = complete_steps(p, wanted)
         run = open_run(p, base=b, name=n, steps=wanted, allow_pickle=allow_pickle, lora_scaling=lora_scaling,
-                       ds_weights=ds_weights)
+                       storage=storage, ds_weights=ds_weights)
         run.skipped = skipped
         runs.append(run)
     seen = Counter(r.name for r in runs)
@@ -75,6 +92,10 @@ def open_runs(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] 
     if dup:
         raise OPDError(f"two runs are named {dup[0]!r}", hint="label them with --name, one per run")
     return runs
+
+
+def _storage(storage: StorageConfig | dict | None) -> StorageConfig | None:
+    return StorageConfig(options=dict(storage)) if isinstance(storage, dict) else storage
 
 
 def manifest(runs: list[Run], specs: list[Spec], **settings) -> dict:
@@ -107,12 +128,15 @@ def analyze(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] | 
             select: Sequence[str] | Selector | None = None, against: str | int = "base",
             steps: Sequence[int] | None = None, device: str = "auto", spectrum_method: str = "gram",
             allow_pickle: bool = False, nonfinite: str = "error", lora_scaling: float | None = None,
-            out: PathLike | None = None, csv: bool = False, progress: bool = True, cache: bool = True,
-            skip_incomplete: bool = True, ds_weights: str = "fp32") -> pd.DataFrame:
+            storage: StorageConfig | dict | None = None, out: PathLike | None = None, csv: bool = False,
+            progress: bool = True, cache: bool = True, skip_incomplete: bool = True,
+            executor: str | Executor | None = None, ds_weights: str = "fp32") -> pd.DataFrame:
     """Compute update-geometry metrics for every module at every saved step of one or more runs.
 
     Args:
-        paths: run directories (``checkpoint-N/``, ``global_step_N/``, ``step_N/`` layouts) or single checkpoints.
+        paths: run directories (``checkpoint-N/``, ``global_step_N/``, ``step_N/`` layouts) or single checkpoints,
+            local or as fsspec URLs (``s3://bucket/run/``, ``gs://``, ``az://``, ``hf://org/repo@step-*``), read by
+            byte range (docs/remote.md).
         base: the model training started from (W₀): one directory for all runs, or one per run.
             Default: each run's step-0 checkpoint.
         names: labels for the ``run`` column (default: directory names).
@@ -129,44 +153,61 @@ def analyze(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] | 
             needed when an exporter wrote ``lora_alpha: 0``).
         ds_weights: for DeepSpeed ZeRO runs, ``fp32`` (the optimizer's fp32 master weights, default) or ``module``
             (the 16-bit model copy; it rounds small RL updates away). See ``docs/layouts.md``.
-        out: directory to write ``metrics.parquet`` + ``manifest.json`` into (nothing written on error).
+        storage: for URLs: a :class:`~opd_dynamics.io.storage.StorageConfig` (fsspec options, retries, cache), or
+            just the fsspec options as a dict (``{"endpoint_url": "http://127.0.0.1:9000"}``).
+        out: directory to write ``metrics.parquet`` + ``manifest.json`` (+ ``cache/``) into, as one unit (checked
+            and locked before any reading; nothing written on error; an earlier result there is replaced whole,
+            :mod:`opd_dynamics.outdir`).
         csv: also write ``metrics.csv``.
         cache: with ``out``, reuse the cells an earlier analysis kept in ``out/cache/`` and compute only the new
             ones (:mod:`opd_dynamics.cache`); False computes everything afresh (and rewrites the cache).
         skip_incomplete: leave out (with a warning) checkpoints still being written instead of failing;
             ``df.attrs["skipped"]`` then lists them as ``run/step: reason``.
+        executor: where the work runs (:mod:`opd_dynamics.executors`): ``"local"`` (default, this process),
+            ``"processes[:N]"`` (N worker processes; one per GPU with ``device="cuda"``), ``"ray[:ADDRESS]"``
+            (``auto``, ``ray://host:port``, or a local cluster started for the call; ``,num_gpus=0.25`` etc.),
+            or any ``concurrent.futures.Executor``. Every one gives the same table.
 
     Returns:
-        The long table ``run, step, ref_step, module, layer, kind, metric, value``.
+        The long table ``run, step, ref_step, module, layer, expert, kind, metric, value``.
     """
-    specs = _specs(metrics)
-    selector = select if isinstance(select, Selector) else Selector.parse(list(select or []))
-    dev = resolve_device(device)
-    runs = open_runs(paths, base=base, names=names, steps=steps, allow_pickle=allow_pickle, lora_scaling=lora_scaling,
-                     skip_incomplete=skip_incomplete, ds_weights=ds_weights)
-    memo = None
-    if out is not None:
-        from .cache import Memo
+    with claim(out) if out is not None else nullcontext() as claimed:  # -o checked and locked before any reading
+        specs = _specs(metrics)
+        selector = select if isinstance(select, Selector) else Selector.parse(list(select or []))
+        dev = _device(device, executor)
+        runs = open_runs(paths, base=base, names=names, steps=steps, allow_pickle=allow_pickle,
+                         lora_scaling=lora_scaling, storage=storage, skip_incomplete=skip_incomplete,
+                         ds_weights=ds_weights)
+        memo = None
+        if out is not None:
+            from .cache import CACHE_DIR, Memo
 
-        memo = Memo(out, runs, specs, {"version": _version(), "spectrum_method": spectrum_method,
-                                       "nonfinite": nonfinite, "device": dev.type, "lora_scaling": lora_scaling,
-                                       "ds_weights": ds_weights},
-                    reuse=cache)
-    try:
-        rows = run_metrics(runs, specs, selector=selector, against=against, device=dev,
-                           spectrum_method=spectrum_method, nonfinite=nonfinite, progress=progress, memo=memo)
-    except BaseException:
-        if memo is not None:
-            memo.discard()
-        raise
-    df = from_rows(rows)
-    skipped = [f"{r.name}/{s}: {why}" for r in runs for s, why in getattr(r, "skipped", {}).items()]
-    if out is not None:
-        save(df, out, manifest(runs, specs, select=selector.to_json(), against=against, device=str(dev),
-                               spectrum_method=spectrum_method, nonfinite=nonfinite, lora_scaling=lora_scaling,
-                               ds_weights=ds_weights, rows=len(df), skipped=skipped,
-                               cells={"computed": memo.computed, "reused": memo.reused}), csv=csv)
-        memo.save()
+            memo = Memo(out, runs, specs, {"version": _version(), "spectrum_method": spectrum_method,
+                                           "nonfinite": nonfinite, "device": dev.type, "lora_scaling": lora_scaling,
+                                           "ds_weights": ds_weights},
+                        reuse=cache)
+        try:
+            rows = run_metrics(runs, specs, selector=selector, against=against, device=dev,
+                               spectrum_method=spectrum_method, nonfinite=nonfinite, progress=progress, memo=memo,
+                               executor=executor)
+        except BaseException:
+            if memo is not None:
+                memo.discard()
+            raise
+        df = from_rows(rows)
+        skipped = [f"{r.name}/{s}: {why}" for r in runs for s, why in getattr(r, "skipped", {}).items()]
+        if claimed is not None:
+            files = table_files(df, manifest(runs, specs, select=selector.to_json(), against=against,
+                                             device=str(dev), spectrum_method=spectrum_method, nonfinite=nonfinite,
+                                             lora_scaling=lora_scaling, ds_weights=ds_weights, rows=len(df),
+                                             skipped=skipped,
+                                             executor=executor if isinstance(executor, (str, type(None)))
+                                             else type(executor).__name__,
+                                             cells={"computed": memo.computed, "reused": memo.reused}), csv=csv)
+            try:
+                claimed.commit({**files, CACHE_DIR: lambda p: memo.save(into=p)})  # the cache travels with the table
+            finally:
+                memo.discard()
     df.attrs["skipped"] = skipped
     return df
 

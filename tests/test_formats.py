@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from opd_dynamics.engine import run_metrics
+from opd_dynamics.errors import CheckpointError
 from opd_dynamics.io import formats
 from opd_dynamics.io.discovery import Run, find_steps, open_run
 from opd_dynamics.io.reader import Reader, Updates, read_state
@@ -66,6 +68,17 @@ def test_each_layout_is_detected_and_opened(layout, step_dir, sub, fmt, tmp_path
         assert isinstance(ck, Updates) == ck.partial
     state = read_state(r.steps[4], W)
     assert (state.dense() if ck.partial else state).dtype == torch.float32
+
+
+def test_hf_export_is_preferred_over_rank_shards_and_missing_ranks_are_named(tmp_path):
+    step = tmp_path / "run" / "global_step_5"
+    _hf(step / "actor" / "huggingface", 5.0)
+    torch.save({}, step / "actor" / "model_world_size_2_rank_0.pt")
+    assert formats.detect(step)[0] is formats.safetensors  # verl wrote an HF export: read that
+    shutil.rmtree(step / "actor" / "huggingface")
+    assert formats.detect(step) == (formats.verl_fsdp, step / "actor")
+    with pytest.raises(CheckpointError, match=r"model_world_size_2_rank_1\.pt: missing rank file"):
+        open_run(tmp_path / "run", base=_hf(tmp_path / "base"))
 
 
 def test_checkpoint_without_config_takes_the_base_config(tmp_path):
@@ -128,7 +141,7 @@ def test_engine_needs_only_the_protocol(tmp_path):
     steps = {1: DictReader(tmp_path, {W: (w0 + u @ v).float()})}
     assert isinstance(base, Reader)
     rows = run_metrics([Run("r", tmp_path, base, steps)], [Spec("frobenius"), Spec("spectral_norm")], progress=False)
-    got = {r[6]: r[-1] for r in rows}
+    got = {r[-2]: r[-1] for r in rows}
     oracle = float(torch.linalg.matrix_norm((u @ v).float().double()))  # rank 1: spectral == Frobenius
     assert got["frobenius"] == pytest.approx(oracle, rel=1e-5) and got["spectral_norm"] == pytest.approx(oracle, rel=1e-5)
     assert base.reads == 1 and steps[1].reads == 1

@@ -58,15 +58,18 @@ def _ds_files(d: Path) -> bool:
 
 def _latest(d: Path) -> str | None:
     p = d / "latest"
-    return p.read_text().strip() if p.is_file() and p.stat().st_size < 1024 else None
+    if not p.is_file():
+        return None
+    st = p.stat()
+    return p.read_text().strip() if getattr(st, "st_size", getattr(st, "size", 0)) < 1024 else None
 
 
 def detect(step_dir: Path) -> Path | None:
     """The tag directory holding DeepSpeed rank files: ``step_dir`` itself, or inside a step directory
     (``checkpoint-N/``) the tag ``latest`` names, else its newest ``global_stepN/``. A ``latest`` naming a missing tag
     answers ``step_dir`` so that :func:`open` says so. A save root such as OpenRLHF's ``_actor/`` is not a step:
-    its tags are (None here; discovery walks them)."""
-    step_dir = Path(step_dir)
+    its tags are (None here; discovery walks them). Works on remote paths too (file names only)."""
+    step_dir = Path(step_dir) if isinstance(step_dir, str) else step_dir
     if _ds_files(step_dir):
         return step_dir
     if not _STEP_NAME.match(step_dir.name):
