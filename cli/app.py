@@ -32,13 +32,17 @@ BASE_HELP = "Model training started from (W0). Trainers never save it: pass it u
 
     opd-dynamics analyze runs/live --base B -o results/live --watch --report report/live --until-step 1000
 
+    opd-dynamics analyze s3://bucket/runs/opd --base s3://bucket/models/base --storage-option endpoint_url=http://127.0.0.1:9000
+
+    opd-dynamics analyze "hf://org/model@step-*" --base hf://org/model@step-0
+
 A re-run with the same -o computes only what is new (new checkpoints, new metrics, rewritten checkpoints);
 --no-cache recomputes everything. A checkpoint still being written is left out with a warning and the exit
 status is 3 (0: everything analysed; 2: an error). --watch follows a live run until Ctrl-C or --until-step.
 """)
 def analyze(
-    runs: Annotated[list[Path], typer.Argument(help="Run directories (checkpoint-N/, global_step_N/, step_N/) or single checkpoints.")],
-    base: Annotated[Optional[list[Path]], typer.Option("--base", "-b", help=BASE_HELP + " Once for all runs or once per run.")] = None,
+    runs: Annotated[list[str], typer.Argument(help="Run directories (checkpoint-N/, global_step_N/, step_N/) or single checkpoints; or URLs: s3://, gs://, az://, hf://org/repo@rev (a pattern or list of revisions is a run).")],
+    base: Annotated[Optional[list[str]], typer.Option("--base", "-b", help=BASE_HELP + " Once for all runs or once per run; a path or a URL.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write metrics.parquet + manifest.json here.")] = None,
     name: Annotated[Optional[list[str]], typer.Option("--name", help="Label for each run (default: directory name).")] = None,
     metrics: Annotated[Optional[str], typer.Option("--metrics", "-m", help="Comma-separated metric specs, e.g. spectral_norm,alignment_to_final:k=10 (see list-metrics).")] = None,
@@ -51,6 +55,11 @@ def analyze(
     nonfinite: Annotated[str, typer.Option(help="error: stop at NaN/Inf weights; nan: record NaN rows with a warning.")] = "error",
     lora_scaling: Annotated[Optional[float], typer.Option("--lora-scaling", help="LoRA runs: s in dW = s*B*A, overriding adapter_config.json (alpha/r).")] = None,
     csv: Annotated[bool, typer.Option("--csv", help="Also write metrics.csv.")] = False,
+    storage_option: Annotated[Optional[list[str]], typer.Option("--storage-option", help="key=value for the fsspec backend of URL inputs (endpoint_url=..., anon=true, client_kwargs={json}); repeatable.")] = None,
+    remote_cache_dir: Annotated[Optional[str], typer.Option("--remote-cache-dir", help="Cache of remote headers, keyed by URL + ETag (default ~/.cache/opd-dynamics).")] = None,
+    no_remote_cache: Annotated[bool, typer.Option("--no-remote-cache", help="Cache nothing read from remote storage.")] = False,
+    remote_cache_tensors: Annotated[bool, typer.Option("--remote-cache-tensors", help="Also cache remote tensor bytes (a re-run reads only listings).")] = False,
+    retries: Annotated[int, typer.Option(help="Retries of a failed remote request (exponential backoff).")] = 3,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, no summary.")] = False,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Recompute every cell instead of reusing the ones kept in -o DIR/cache/.")] = False,
     watch: Annotated[bool, typer.Option("--watch", help="Follow a live run: analyse each checkpoint once it is complete (needs -o).")] = False,
@@ -61,44 +70,53 @@ def analyze(
     """Compute update-geometry metrics for every module at every saved step; print the Table-1 summary."""
     from opd_dynamics import analyze as run_analyze
     from opd_dynamics.metrics.registry import Spec
+    from opd_dynamics.io.storage import StorageConfig, parse_options
     from opd_dynamics.summary import format_table, table1
 
     specs = [Spec.parse(m) for m in _split_specs(metrics)] if metrics else None
+    storage = StorageConfig(options=parse_options(storage_option), retries=retries, cache_tensors=remote_cache_tensors,
+                            cache_dir=False if no_remote_cache else remote_cache_dir)
 
     def once(only_steps, progress):
         df = run_analyze(runs, base=_one_or_many(base), names=name, metrics=specs, select=select,
                          against=_against(against), steps=only_steps, device=device, spectrum_method=spectrum,
                          allow_pickle=allow_pickle, nonfinite=nonfinite, lora_scaling=lora_scaling, out=out, csv=csv,
-                         progress=progress, cache=not no_cache)
+                         progress=progress, cache=not no_cache, storage=storage)
         if report_dir is not None:
             from opd_dynamics.report import build_report
 
             build_report([out] if out is not None else [], report_dir)
         return df
 
-    if watch:
-        from opd_dynamics.watch import follow
+    from opd_dynamics_cli.interventions import claimed
 
-        if out is None or len(runs) != 1:
-            raise OPDError("--watch follows one run into one results directory",
-                           hint="opd-dynamics analyze RUN_DIR --base BASE -o RESULTS --watch")
-        follow(runs[0], lambda ready: once(ready, False), interval=interval, until_step=until_step,
-               echo=lambda m: typer.echo(m, err=True))
-        return
-    if report_dir is not None and out is None:
-        raise OPDError("--report needs -o DIR (the report is drawn from the written table)", hint="add -o results/")
-    df = once(_int_list(steps, "--steps"), not quiet)
-    if not quiet:
-        wide = table1(df)
-        if len(wide):
-            typer.echo("Mean over attention + MLP matrices (EffOPD Table 1 layout):")
-            typer.echo(format_table(wide))
-        if out is not None:
-            typer.echo(f"wrote {len(df)} rows to {out}/metrics.parquet (+ manifest.json)", err=True)
-    if df.attrs.get("skipped"):
-        from opd_dynamics.watch import EXIT_SKIPPED
+    with claimed(out), claimed(report_dir):  # -o and --report checked and locked before anything is read
+        if watch:
+            from opd_dynamics.live import follow
 
-        raise typer.Exit(EXIT_SKIPPED)
+            if out is None or len(runs) != 1:
+                raise OPDError("--watch follows one run into one results directory",
+                               hint="opd-dynamics analyze RUN_DIR --base BASE -o RESULTS --watch")
+            if "://" in runs[0] and not runs[0].startswith("file://"):
+                raise OPDError(f"--watch follows a run on local disk, not {runs[0]}",
+                               hint="re-run analyze with the same -o: only new checkpoints are computed")
+            follow(runs[0], lambda ready: once(ready, False), interval=interval, until_step=until_step,
+                   echo=lambda m: typer.echo(m, err=True))
+            return
+        if report_dir is not None and out is None:
+            raise OPDError("--report needs -o DIR (the report is drawn from the written table)", hint="add -o results/")
+        df = once(_int_list(steps, "--steps"), not quiet)
+        if not quiet:
+            wide = table1(df)
+            if len(wide):
+                typer.echo("Mean over attention + MLP matrices (EffOPD Table 1 layout):")
+                typer.echo(format_table(wide))
+            if out is not None:
+                typer.echo(f"wrote {len(df)} rows to {out}/metrics.parquet (+ manifest.json)", err=True)
+        if df.attrs.get("skipped"):
+            from opd_dynamics.live import EXIT_SKIPPED
+
+            raise typer.Exit(EXIT_SKIPPED)
 
 
 @app.command("list-metrics", epilog="**Example**\n\n    opd-dynamics list-metrics")
@@ -129,14 +147,17 @@ def show(results: Annotated[Path, typer.Argument(help="Directory written by anal
 
     opd-dynamics report results/opd results/rl results/sft studies/ -o report/ --title "OPD vs RL vs SFT"
 """)
-def report(results: Annotated[list[Path], typer.Argument(help="Directories written by analyze -o, and study frames (Parquet/CSV) or directories holding them.")],
+def report(results: Annotated[list[str], typer.Argument(help="Directories written by analyze -o, and study frames (Parquet/CSV) or directories holding them; paths or URLs (s3://...).")],
            out: Annotated[Path, typer.Option("--out", "-o", help="Report directory (index.html, figures/, tables/); an earlier report there is replaced.")] = Path("report"),
            title: Annotated[str, typer.Option(help="Page title.")] = "opd-dynamics report",
-           formats: Annotated[str, typer.Option("--formats", help="Figure files besides the embedded PNG: png,pdf,svg.")] = "png,pdf") -> None:
+           formats: Annotated[str, typer.Option("--formats", help="Figure files besides the embedded PNG: png,pdf,svg.")] = "png,pdf",
+           storage_option: Annotated[Optional[list[str]], typer.Option("--storage-option", help="key=value for the fsspec backend of URL inputs; repeatable.")] = None) -> None:
     """Build a self-contained HTML report (plus PNG/PDF figures, CSV/LaTeX tables) comparing runs side by side."""
+    from opd_dynamics.io.storage import parse_options
     from opd_dynamics.report import build_report
 
-    index = build_report(results, out, title=title, formats=[f.strip() for f in formats.split(",") if f.strip()])
+    index = build_report(results, out, title=title, formats=[f.strip() for f in formats.split(",") if f.strip()],
+                         storage=parse_options(storage_option))
     typer.echo(f"wrote {index}")
 
 
@@ -206,13 +227,34 @@ def _warning_line(message, category, filename, lineno, line=None):
     return f"warning: {message}\n"
 
 
+def _fail(message: str) -> None:
+    typer.echo(f"error: {' '.join(message.split())}", err=True)
+    sys.exit(2)
+
+
 def main() -> None:
+    """Run the app; every user error ends as one ``error:`` line on stderr and exit status 2 (no traceback)."""
+    import importlib
+
+    cx = importlib.import_module(typer.BadParameter.__module__)  # click's exceptions (typer may vendor click)
+    no_args = getattr(cx, "NoArgsIsHelpError", ())
     warnings.formatwarning = _warning_line
     try:
-        app()
+        code = app(standalone_mode=False, prog_name="opd-dynamics")
     except OPDError as e:
-        typer.echo(f"error: {e}", err=True)
+        _fail(str(e))
+    except no_args as e:
+        typer.echo(e.ctx.get_help() if e.ctx else "", err=True)
         sys.exit(2)
+    except cx.UsageError as e:  # a mistyped option, a missing argument, a value of the wrong type
+        cmd = e.ctx.command_path if e.ctx else "opd-dynamics"
+        _fail(f"{e.format_message()} (fix: see `{cmd} --help`)")
+    except cx.ClickException as e:  # e.g. a FileError
+        _fail(e.format_message())
+    except (cx.Abort, KeyboardInterrupt):  # Ctrl-C: clean-up has run (outputs are left as they were)
+        typer.echo("error: interrupted", err=True)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

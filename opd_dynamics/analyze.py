@@ -13,6 +13,7 @@ import datetime as _dt
 import os
 import platform
 from collections import Counter
+from contextlib import nullcontext
 from importlib import metadata
 from typing import Sequence
 
@@ -22,10 +23,12 @@ import torch
 from .engine import run_metrics
 from .errors import OPDError
 from .io.discovery import Run, open_run
+from .io.storage import StorageConfig, as_path, is_remote
 from .metrics.registry import DEFAULT_METRICS, Spec
 from .select import Selector
-from .table import from_rows, save
-from .watch import complete_steps
+from .outdir import claim
+from .table import from_rows, table_files
+from .live import complete_steps
 
 PathLike = str | os.PathLike
 
@@ -49,12 +52,14 @@ def _specs(metrics: Sequence[str | Spec] | None) -> list[Spec]:
 def open_runs(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] | None = None,
               names: Sequence[str] | None = None, steps: Sequence[int] | None = None,
               allow_pickle: bool = False, lora_scaling: float | None = None,
-              skip_incomplete: bool = True) -> list[Run]:
-    """Discover several runs; ``base`` is one directory for all or one per run.
+              storage: StorageConfig | dict | None = None, skip_incomplete: bool = True) -> list[Run]:
+    """Discover several runs; ``base`` is one directory for all or one per run (paths or URLs).
 
-    With ``skip_incomplete`` a checkpoint still being written (:func:`opd_dynamics.watch.incomplete`) is left out
-    with a warning; each run's ``skipped`` then maps its step to the reason.
+    With ``skip_incomplete`` a checkpoint still being written (:func:`opd_dynamics.live.incomplete`) is left out
+    with a warning; each run's ``skipped`` then maps its step to the reason. Remote runs are not checked: an object
+    store shows an object only once its upload completed, and a shard still missing is a clear error.
     """
+    storage = _storage(storage)
     if not paths:
         raise OPDError("no run directories given", hint="opd-dynamics analyze RUN_DIR [RUN_DIR ...] --base BASE_DIR")
     bases = list(base) if isinstance(base, (list, tuple)) else [base] * len(paths)
@@ -64,9 +69,10 @@ def open_runs(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] 
     runs = []
     for p, b, n in zip(paths, bases, names):
         wanted, skipped = list(steps) if steps else None, {}
-        if skip_incomplete:
+        if skip_incomplete and not is_remote(as_path(p, storage)):
             wanted, skipped = complete_steps(p, wanted)
-        run = open_run(p, base=b, name=n, steps=wanted, allow_pickle=allow_pickle, lora_scaling=lora_scaling)
+        run = open_run(p, base=b, name=n, steps=wanted, allow_pickle=allow_pickle, lora_scaling=lora_scaling,
+                       storage=storage)
         run.skipped = skipped
         runs.append(run)
     seen = Counter(r.name for r in runs)
@@ -74,6 +80,10 @@ def open_runs(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] 
     if dup:
         raise OPDError(f"two runs are named {dup[0]!r}", hint="label them with --name, one per run")
     return runs
+
+
+def _storage(storage: StorageConfig | dict | None) -> StorageConfig | None:
+    return StorageConfig(options=dict(storage)) if isinstance(storage, dict) else storage
 
 
 def manifest(runs: list[Run], specs: list[Spec], **settings) -> dict:
@@ -106,12 +116,14 @@ def analyze(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] | 
             select: Sequence[str] | Selector | None = None, against: str | int = "base",
             steps: Sequence[int] | None = None, device: str = "auto", spectrum_method: str = "gram",
             allow_pickle: bool = False, nonfinite: str = "error", lora_scaling: float | None = None,
-            out: PathLike | None = None, csv: bool = False, progress: bool = True, cache: bool = True,
-            skip_incomplete: bool = True) -> pd.DataFrame:
+            storage: StorageConfig | dict | None = None, out: PathLike | None = None, csv: bool = False,
+            progress: bool = True, cache: bool = True, skip_incomplete: bool = True) -> pd.DataFrame:
     """Compute update-geometry metrics for every module at every saved step of one or more runs.
 
     Args:
-        paths: run directories (``checkpoint-N/``, ``global_step_N/``, ``step_N/`` layouts) or single checkpoints.
+        paths: run directories (``checkpoint-N/``, ``global_step_N/``, ``step_N/`` layouts) or single checkpoints,
+            local or as fsspec URLs (``s3://bucket/run/``, ``gs://``, ``az://``, ``hf://org/repo@step-*``), read by
+            byte range (docs/remote.md).
         base: the model training started from (W₀): one directory for all runs, or one per run.
             Default: each run's step-0 checkpoint.
         names: labels for the ``run`` column (default: directory names).
@@ -126,7 +138,11 @@ def analyze(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] | 
             number computed beside it would be meaningless.
         lora_scaling: for runs of PEFT adapters, the s in ΔW = s·B·A (overrides adapter_config.json's α/r;
             needed when an exporter wrote ``lora_alpha: 0``).
-        out: directory to write ``metrics.parquet`` + ``manifest.json`` into (nothing written on error).
+        storage: for URLs: a :class:`~opd_dynamics.io.storage.StorageConfig` (fsspec options, retries, cache), or
+            just the fsspec options as a dict (``{"endpoint_url": "http://127.0.0.1:9000"}``).
+        out: directory to write ``metrics.parquet`` + ``manifest.json`` (+ ``cache/``) into, as one unit (checked
+            and locked before any reading; nothing written on error; an earlier result there is replaced whole,
+            :mod:`opd_dynamics.outdir`).
         csv: also write ``metrics.csv``.
         cache: with ``out``, reuse the cells an earlier analysis kept in ``out/cache/`` and compute only the new
             ones (:mod:`opd_dynamics.cache`); False computes everything afresh (and rewrites the cache).
@@ -136,33 +152,37 @@ def analyze(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] | 
     Returns:
         The long table ``run, step, ref_step, module, layer, kind, metric, value``.
     """
-    specs = _specs(metrics)
-    selector = select if isinstance(select, Selector) else Selector.parse(list(select or []))
-    dev = resolve_device(device)
-    runs = open_runs(paths, base=base, names=names, steps=steps, allow_pickle=allow_pickle, lora_scaling=lora_scaling,
-                     skip_incomplete=skip_incomplete)
-    memo = None
-    if out is not None:
-        from .cache import Memo
+    with claim(out) if out is not None else nullcontext() as claimed:  # -o checked and locked before any reading
+        specs = _specs(metrics)
+        selector = select if isinstance(select, Selector) else Selector.parse(list(select or []))
+        dev = resolve_device(device)
+        runs = open_runs(paths, base=base, names=names, steps=steps, allow_pickle=allow_pickle,
+                         lora_scaling=lora_scaling, storage=storage, skip_incomplete=skip_incomplete)
+        memo = None
+        if out is not None:
+            from .cache import CACHE_DIR, Memo
 
-        memo = Memo(out, runs, specs, {"version": _version(), "spectrum_method": spectrum_method,
-                                       "nonfinite": nonfinite, "device": dev.type, "lora_scaling": lora_scaling},
-                    reuse=cache)
-    try:
-        rows = run_metrics(runs, specs, selector=selector, against=against, device=dev,
-                           spectrum_method=spectrum_method, nonfinite=nonfinite, progress=progress, memo=memo)
-    except BaseException:
-        if memo is not None:
-            memo.discard()
-        raise
-    df = from_rows(rows)
-    skipped = [f"{r.name}/{s}: {why}" for r in runs for s, why in getattr(r, "skipped", {}).items()]
-    if out is not None:
-        save(df, out, manifest(runs, specs, select=selector.to_json(), against=against, device=str(dev),
-                               spectrum_method=spectrum_method, nonfinite=nonfinite, lora_scaling=lora_scaling,
-                               rows=len(df), skipped=skipped,
-                               cells={"computed": memo.computed, "reused": memo.reused}), csv=csv)
-        memo.save()
+            memo = Memo(out, runs, specs, {"version": _version(), "spectrum_method": spectrum_method,
+                                           "nonfinite": nonfinite, "device": dev.type, "lora_scaling": lora_scaling},
+                        reuse=cache)
+        try:
+            rows = run_metrics(runs, specs, selector=selector, against=against, device=dev,
+                               spectrum_method=spectrum_method, nonfinite=nonfinite, progress=progress, memo=memo)
+        except BaseException:
+            if memo is not None:
+                memo.discard()
+            raise
+        df = from_rows(rows)
+        skipped = [f"{r.name}/{s}: {why}" for r in runs for s, why in getattr(r, "skipped", {}).items()]
+        if claimed is not None:
+            files = table_files(df, manifest(runs, specs, select=selector.to_json(), against=against,
+                                             device=str(dev), spectrum_method=spectrum_method, nonfinite=nonfinite,
+                                             lora_scaling=lora_scaling, rows=len(df), skipped=skipped,
+                                             cells={"computed": memo.computed, "reused": memo.reused}), csv=csv)
+            try:
+                claimed.commit({**files, CACHE_DIR: lambda p: memo.save(into=p)})  # the cache travels with the table
+            finally:
+                memo.discard()
     df.attrs["skipped"] = skipped
     return df
 

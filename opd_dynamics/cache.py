@@ -225,8 +225,15 @@ class Memo:
             self._stage = None
         self._staged = {}
 
-    def save(self) -> None:
-        """Write ``cells.parquet``: the cells this analysis used, plus earlier ones whose key is still valid."""
+    def save(self, into: str | os.PathLike | None = None) -> None:
+        """Write ``cells.parquet``: the cells this analysis used, plus earlier ones whose key is still valid.
+
+        ``into``: a fresh cache directory (the new result directory's ``cache/``, :mod:`opd_dynamics.outdir`); the
+        earlier cache's files are hard-linked there (copied across filesystems) before this analysis's are added.
+        """
+        target = self.dir if into is None else Path(into)
+        if into is not None and self.dir.is_dir():
+            shutil.copytree(self.dir, target, copy_function=_link_or_copy, dirs_exist_ok=True)
         cols = [*COLUMNS, SPEC, KEY]
         new = pd.DataFrame(self._new, columns=cols)
         keys = set(new[KEY])
@@ -238,7 +245,7 @@ class Memo:
         table = pd.concat([new, old[cols]], ignore_index=True) if len(old) else new
         table = table.astype({"run": "string", "module": "string", "kind": "string", "metric": "string",
                               SPEC: "string", KEY: "string", "layer": "Int64", "value": "float64"})
-        states = self.dir / "states"
+        states = target / "states"
         states.mkdir(parents=True, exist_ok=True)
         for name, staged in self._staged.items():
             if staged is None:
@@ -246,7 +253,7 @@ class Memo:
             else:
                 os.replace(staged, states / name)
         self.discard()
-        _atomic_write(self.dir / CELLS, lambda tmp: table.to_parquet(tmp, index=False))
+        _atomic_write(target / CELLS, lambda tmp: table.to_parquet(tmp, index=False))
 
     # -- states on disk -----------------------------------------------------------------------------
     def _entries(self, p) -> dict[tuple, tuple[str, str, str | None]]:
@@ -273,6 +280,13 @@ class Memo:
             return {}
         return {k: (key, _unpack(tag, arrays.get(name) if name else None)) for k, (key, tag, name) in entries.items()
                 if name is None or name in arrays}
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 def _with(rows: list[tuple], run: str, part, step: int, ref: int, spec: str, key: str) -> list[tuple]:

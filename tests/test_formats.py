@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from opd_dynamics.engine import run_metrics
+from opd_dynamics.errors import CheckpointError
 from opd_dynamics.io import formats
 from opd_dynamics.io.discovery import Run, find_steps, open_run
 from opd_dynamics.io.reader import Reader, Updates, read_state
@@ -66,6 +68,17 @@ def test_each_layout_is_detected_and_opened(layout, step_dir, sub, fmt, tmp_path
         assert isinstance(ck, Updates) == ck.partial
     state = read_state(r.steps[4], W)
     assert (state.dense() if ck.partial else state).dtype == torch.float32
+
+
+def test_hf_export_is_preferred_over_rank_shards_and_missing_ranks_are_named(tmp_path):
+    step = tmp_path / "run" / "global_step_5"
+    _hf(step / "actor" / "huggingface", 5.0)
+    torch.save({}, step / "actor" / "model_world_size_2_rank_0.pt")
+    assert formats.detect(step)[0] is formats.safetensors  # verl wrote an HF export: read that
+    shutil.rmtree(step / "actor" / "huggingface")
+    assert formats.detect(step) == (formats.verl_fsdp, step / "actor")
+    with pytest.raises(CheckpointError, match=r"model_world_size_2_rank_1\.pt: missing rank file"):
+        open_run(tmp_path / "run", base=_hf(tmp_path / "base"))
 
 
 def test_checkpoint_without_config_takes_the_base_config(tmp_path):

@@ -15,16 +15,16 @@ Formats, in order of preference inside a directory:
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, read_json
 from .reader import read_config
 from .safetensors_file import SafetensorsFile
+from .storage import as_path, is_remote
 
 ST_INDEX, ST_SINGLE = "model.safetensors.index.json", "model.safetensors"
 BIN_INDEX, BIN_SINGLE = "pytorch_model.bin.index.json", "pytorch_model.bin"
@@ -42,13 +42,13 @@ class Checkpoint:
     partial = False  # every tensor of the model is here (see opd_dynamics.io.reader)
 
     def __init__(self, path: str | os.PathLike, *, allow_pickle: bool = False, base_config: dict | None = None):
-        self.path = Path(path)
+        self.path = as_path(path)
         self._base_config = dict(base_config or {})
         if not self.path.is_dir():
             raise CheckpointError(f"{self.path}: no such directory", hint="check the path")
         self.allow_pickle = allow_pickle
         self._files: dict[str, Any] = {}   # file path -> SafetensorsFile | dict of tensors
-        self._where: dict[str, str] = {}    # tensor name -> file path
+        self._where: dict[str, Any] = {}    # tensor name -> file path (a Path or a RemotePath)
         self.format = self._open()
         self.reads = 0  # tensors read so far (tests check the engine reads each once)
 
@@ -79,7 +79,7 @@ class Checkpoint:
         from .identity import files_identity
 
         extra = [self.path / f for f in (ST_INDEX, BIN_INDEX, "config.json") if (self.path / f).exists()]
-        return files_identity([*self._files, *extra])
+        return files_identity([*{str(p): p for p in self._where.values()}.values(), *extra])
 
     @property
     def config(self) -> dict[str, Any]:
@@ -87,7 +87,7 @@ class Checkpoint:
         return read_config(self.path / "config.json") or dict(self._base_config)
 
     def file_of(self, name: str) -> Path:
-        return Path(self._where[name])
+        return self._where[name]
 
     def __contains__(self, name: str) -> bool:
         return name in self._where
@@ -98,7 +98,7 @@ class Checkpoint:
     # -- opening ----------------------------------------------------------------------------------
     def _file(self, name: str):
         try:
-            return self._files[self._where[name]]
+            return self._files[str(self._where[name])]
         except KeyError:
             raise CheckpointError(f"{self.path}: no tensor {name!r}", hint="check --select or the model family") from None
 
@@ -111,6 +111,10 @@ class Checkpoint:
             self._open_safetensors(p / ST_SINGLE)
             return "safetensors"
         if (p / BIN_INDEX).exists() or (p / BIN_SINGLE).exists():
+            if is_remote(p):
+                raise CheckpointError(f"{p}: holds only pickled weights (pytorch_model.bin), which cannot be read "
+                                      "by byte range from remote storage",
+                                      hint="convert the checkpoint to safetensors, or copy it to local disk")
             if not self.allow_pickle:
                 raise CheckpointError(f"{p}: holds only pickle weights (pytorch_model.bin)",
                                       hint="pass --allow-pickle to load them with weights_only=True, or convert to safetensors")
@@ -130,10 +134,11 @@ class Checkpoint:
                               hint="point at a checkpoint directory")
 
     def _open_index(self, index: Path, open_one) -> None:
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise CheckpointError(f"{index}: corrupt index (no 'weight_map')", hint="re-save the checkpoint") from None
+        weight_map = read_json(index, hint="re-save the checkpoint", error=CheckpointError)
+        weight_map = weight_map.get("weight_map") if isinstance(weight_map, dict) else None
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise CheckpointError(f"{index}: corrupt index (no 'weight_map' of tensor -> file)",
+                                  hint="re-save the checkpoint")
         by_file: dict[str, list[str]] = {}
         for name, fname in weight_map.items():
             by_file.setdefault(fname, []).append(name)
@@ -153,7 +158,7 @@ class Checkpoint:
             raise CheckpointError(f"{path}: index names {len(missing)} tensor(s) not in this shard, e.g. {missing[0]!r}",
                                   hint="the shard and its index disagree; re-save the checkpoint")
         for k in f.keys() if only is None else sorted(only):
-            self._where[k] = str(path)
+            self._where[k] = path
 
     def _open_bin(self, path: Path, only: set[str] | None = None) -> None:
         try:
@@ -166,4 +171,4 @@ class Checkpoint:
         self._files[str(path)] = sd
         for k, v in sd.items():
             if isinstance(v, torch.Tensor) and (only is None or k in only):
-                self._where[k] = str(path)
+                self._where[k] = path

@@ -40,9 +40,19 @@ def _header_digest(path: Path) -> str:
 
 
 def files_identity(paths: Iterable[str | os.PathLike]) -> str:
-    """One hex digest over (name, size, mtime_ns, safetensors header hash) of each file; missing files count too."""
+    """One hex digest over (name, size, mtime_ns, safetensors header hash) of each file; missing files count too.
+
+    A remote file (:class:`~opd_dynamics.io.storage.RemotePath`) counts its name, size and ETag (the Hub's blob id),
+    which its storage changes whenever the bytes change; nothing is read but the listing.
+    """
+    from .storage import is_remote
+
     h = hashlib.sha256()
-    for p in sorted(Path(x) for x in paths):
+    for p in sorted((x if is_remote(x) else Path(x) for x in paths), key=str):
+        if is_remote(p):
+            st = p.storage.stat(p)
+            h.update(f"{p.name}\0{st.size}\0{st.etag}\n".encode())
+            continue
         try:
             st = p.stat()
             facts = f"{p.name}\0{st.st_size}\0{st.st_mtime_ns}"
@@ -59,6 +69,8 @@ def identity_of(reader) -> str:
     fn = getattr(reader, "identity", None)
     if callable(fn):
         return fn()
-    path = Path(reader.path)
+    from .storage import is_remote
+
+    path = reader.path if is_remote(reader.path) else Path(reader.path)
     files = [p for p in path.iterdir() if p.is_file()] if path.is_dir() else [path]
     return files_identity(files)

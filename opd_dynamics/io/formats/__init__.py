@@ -25,14 +25,24 @@ from types import ModuleType
 
 from ...errors import CheckpointError
 from ..reader import Reader
-from . import dcp, megatron, peft, safetensors
+from ..storage import as_path, is_remote
+from . import dcp, megatron, peft, safetensors, verl_fsdp
 
-FORMATS: tuple[ModuleType, ...] = (safetensors, peft, megatron, dcp)
+FORMATS: tuple[ModuleType, ...] = (safetensors, peft, verl_fsdp, megatron, dcp)
+
+#: formats whose readers take their bytes from a Storage (docs/remote.md), so they also read s3://, hf://, …;
+#: the others are detected remotely (file names only) and then refused with the reason
+REMOTE_READY = frozenset({"safetensors", "peft-lora"})
+_NOT_REMOTE_WHY = {"verl-fsdp": "its rank files are pickles, which cannot be read by byte range"}
 
 
 def detect(step_dir: str | Path) -> tuple[ModuleType, Path] | None:
-    """(format module, directory holding it) for the first format found under ``step_dir``, else None."""
-    step_dir = Path(step_dir)
+    """(format module, directory holding it) for the first format found under ``step_dir``, else None.
+
+    ``step_dir`` may be remote (a :class:`~opd_dynamics.io.storage.RemotePath` or a URL): formats look at file names
+    only, and a remote path answers those from one cached listing per directory (:mod:`opd_dynamics.io.storage`).
+    """
+    step_dir = as_path(step_dir)
     if not step_dir.is_dir():
         return None
     for fmt in FORMATS:
@@ -58,13 +68,17 @@ def open(path: str | Path, *, allow_pickle: bool = False, base_config: dict | No
         base: the base reader, for partial formats (LoRA adapters).
         options: format-specific settings (``scaling=`` for LoRA).
     """
-    path = Path(path)
+    path = as_path(path)
     if not path.is_dir():
         raise CheckpointError(f"{path}: no such directory", hint="check the path")
     hit = detect(path)
     if hit is None:  # let the HF reader explain what it found instead (shards without index, .pt files, nothing)
         return safetensors.open(path, allow_pickle=allow_pickle, base_config=base_config)
     fmt, where = hit
+    if is_remote(where) and fmt.FORMAT not in REMOTE_READY:
+        why = _NOT_REMOTE_WHY.get(fmt.FORMAT, "its reader does not read from remote storage yet")
+        raise CheckpointError(f"{where}: a {fmt.FORMAT} checkpoint cannot be read from remote storage ({why})",
+                              hint="copy it to local disk, or export it to HF safetensors")
     kw = {"base": base, **options} if getattr(fmt, "NEEDS_BASE", False) else {}
     return fmt.open(where, allow_pickle=allow_pickle, base_config=base_config, **kw)
 

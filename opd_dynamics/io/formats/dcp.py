@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from ...errors import CheckpointError
+from ..storage import as_path
 from .dcp_index import METADATA, DcpIndex
 
 FORMAT = "dcp"
@@ -47,7 +48,7 @@ def is_dcp(d: Path) -> bool:
 
 def detect(step_dir: Path) -> Path | None:
     """The DCP directory of a step: the step itself, ``pytorch_model_fsdp_0/`` (accelerate) or ``actor/`` (verl)."""
-    step_dir = Path(step_dir)
+    step_dir = as_path(step_dir)  # a local Path, or a RemotePath answered from listings
     for sub in _SUBDIRS:
         d = step_dir / sub
         if is_dcp(d):

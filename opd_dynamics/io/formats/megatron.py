@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from ...errors import CheckpointError
+from ..storage import as_path
 from .dcp_index import METADATA, DcpIndex
 
 FORMAT = "megatron-torch-dist"
@@ -69,7 +70,7 @@ def is_megatron(d: Path) -> bool:
 
 def detect(step_dir: Path) -> Path | None:
     """``iter_N/`` itself, or verl-Megatron's ``actor/dist_ckpt/``."""
-    step_dir = Path(step_dir)
+    step_dir = as_path(step_dir)  # a local Path, or a RemotePath answered from listings
     for sub in _SUBDIRS:
         if is_megatron(step_dir / sub):
             return step_dir / sub if sub != "." else step_dir
