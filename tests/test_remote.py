@@ -188,16 +188,17 @@ def test_transient_errors_are_retried_then_reported_with_the_url():
     from opd_dynamics.io.storage import FsspecStorage
 
     class Flaky(MemoryFileSystem):
-        fails = 2
+        fails = 0
 
-        def cat_file(self, path, start=None, end=None, **kw):
+        def open(self, path, *args, **kw):
             if Flaky.fails:
                 Flaky.fails -= 1
                 raise ConnectionResetError("connection reset by peer")
-            return super().cat_file(path, start=start, end=end, **kw)
+            return super().open(path, *args, **kw)
 
     fs = Flaky()
     fs.pipe("/b/obj", b"0123456789")
+    Flaky.fails = 2
     st = FsspecStorage(fs, "memory", StorageConfig(retries=2, backoff=0.0, cache_dir=False))
     assert bytes(st.read_range("/b/obj", 2, 3)) == b"234"
     Flaky.fails = 5
