@@ -45,7 +45,7 @@ def analyze(
     base: Annotated[Optional[list[str]], typer.Option("--base", "-b", help=BASE_HELP + " Once for all runs or once per run; a path or a URL.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write metrics.parquet + manifest.json here.")] = None,
     name: Annotated[Optional[list[str]], typer.Option("--name", help="Label for each run (default: directory name).")] = None,
-    metrics: Annotated[Optional[str], typer.Option("--metrics", "-m", help="Comma-separated metric specs, e.g. spectral_norm,alignment_to_final:k=10 (see list-metrics).")] = None,
+    metrics: Annotated[Optional[list[str]], typer.Option("--metrics", "--metric", "-m", help="Metric specs NAME[:KEY=VALUE,...], comma-separated and/or repeated: an item with '=' and no ':' continues the spec before it, e.g. -m spectral_norm,alignment_to_final:k=10,side=right -m alignment_to_final:mode=subspace (see list-metrics; docs/metrics.md).")] = None,
     select: Annotated[Optional[list[str]], typer.Option("--select", "-s", help="kind=attn_q,mlp_* | layer=0-11 | name=REGEX | matrix; repeat to combine.")] = None,
     against: Annotated[str, typer.Option(help="base (W_t - W0), prev (W_t - W_t') or a step number.")] = "base",
     steps: Annotated[Optional[str], typer.Option(help="Only these steps, e.g. 1,2,4,8.")] = None,
@@ -73,7 +73,7 @@ def analyze(
     from opd_dynamics.io.storage import StorageConfig, parse_options
     from opd_dynamics.summary import format_table, table1
 
-    specs = [Spec.parse(m) for m in _split_specs(metrics)] if metrics else None
+    specs = [Spec.parse(m) for text in metrics for m in _split_specs(text)] if metrics else None
     storage = StorageConfig(options=parse_options(storage_option), retries=retries, cache_tensors=remote_cache_tensors,
                             cache_dir=False if no_remote_cache else remote_cache_dir)
 
@@ -88,32 +88,35 @@ def analyze(
             build_report([out] if out is not None else [], report_dir)
         return df
 
-    if watch:
-        from opd_dynamics.watch import follow
+    from opd_dynamics_cli.interventions import claimed
 
-        if out is None or len(runs) != 1:
-            raise OPDError("--watch follows one run into one results directory",
-                           hint="opd-dynamics analyze RUN_DIR --base BASE -o RESULTS --watch")
-        if "://" in runs[0] and not runs[0].startswith("file://"):
-            raise OPDError(f"--watch follows a run on local disk, not {runs[0]}",
-                           hint="re-run analyze with the same -o: only new checkpoints are computed")
-        follow(runs[0], lambda ready: once(ready, False), interval=interval, until_step=until_step,
-               echo=lambda m: typer.echo(m, err=True))
-        return
-    if report_dir is not None and out is None:
-        raise OPDError("--report needs -o DIR (the report is drawn from the written table)", hint="add -o results/")
-    df = once(_int_list(steps, "--steps"), not quiet)
-    if not quiet:
-        wide = table1(df)
-        if len(wide):
-            typer.echo("Mean over attention + MLP matrices (EffOPD Table 1 layout):")
-            typer.echo(format_table(wide))
-        if out is not None:
-            typer.echo(f"wrote {len(df)} rows to {out}/metrics.parquet (+ manifest.json)", err=True)
-    if df.attrs.get("skipped"):
-        from opd_dynamics.watch import EXIT_SKIPPED
+    with claimed(out), claimed(report_dir):  # -o and --report checked and locked before anything is read
+        if watch:
+            from opd_dynamics.live import follow
 
-        raise typer.Exit(EXIT_SKIPPED)
+            if out is None or len(runs) != 1:
+                raise OPDError("--watch follows one run into one results directory",
+                               hint="opd-dynamics analyze RUN_DIR --base BASE -o RESULTS --watch")
+            if "://" in runs[0] and not runs[0].startswith("file://"):
+                raise OPDError(f"--watch follows a run on local disk, not {runs[0]}",
+                               hint="re-run analyze with the same -o: only new checkpoints are computed")
+            follow(runs[0], lambda ready: once(ready, False), interval=interval, until_step=until_step,
+                   echo=lambda m: typer.echo(m, err=True))
+            return
+        if report_dir is not None and out is None:
+            raise OPDError("--report needs -o DIR (the report is drawn from the written table)", hint="add -o results/")
+        df = once(_int_list(steps, "--steps"), not quiet)
+        if not quiet:
+            wide = table1(df)
+            if len(wide):
+                typer.echo("Mean over attention + MLP matrices (EffOPD Table 1 layout):")
+                typer.echo(format_table(wide))
+            if out is not None:
+                typer.echo(f"wrote {len(df)} rows to {out}/metrics.parquet (+ manifest.json)", err=True)
+        if df.attrs.get("skipped"):
+            from opd_dynamics.live import EXIT_SKIPPED
+
+            raise typer.Exit(EXIT_SKIPPED)
 
 
 @app.command("list-metrics", epilog="**Example**\n\n    opd-dynamics list-metrics")
@@ -191,14 +194,25 @@ _mount_subcommands()
 
 
 def _split_specs(text: str) -> list[str]:
-    """Split ``a,b:k=1,side=left,c`` into specs: a comma starts a new spec only before a name without '='."""
+    """Split one ``--metrics`` value into specs (grammar in docs/metrics.md).
+
+    ``LIST := SPEC ("," SPEC)*``, ``SPEC := NAME [":" KEY "=" VALUE ("," KEY "=" VALUE)*]``: an item holding '=' but
+    no ':' continues the settings of the spec before it, any other item starts a new spec, so ``a,b:k=1,side=left,c``
+    is three specs. A value cannot hold ','; repeat ``-m`` to give specs one by one.
+    """
     out: list[str] = []
-    for piece in text.split(","):
-        if out and "=" in piece and ":" in out[-1] and ":" not in piece:
+    for piece in (p.strip() for p in text.split(",")):
+        if not piece:
+            continue
+        if "=" in piece and ":" not in piece:
+            if not out or ":" not in out[-1]:
+                after = f"after {out[-1]!r}" if out else "first"
+                raise OPDError(f"--metrics {text!r}: setting {piece!r} comes {after}, not after NAME:",
+                               hint=f"write NAME:{piece} (e.g. {out[-1] if out else 'alignment_to_final'}:{piece})")
             out[-1] += "," + piece
         else:
             out.append(piece)
-    return [p.strip() for p in out if p.strip()]
+    return out
 
 
 def _int_list(text: str | None, flag: str) -> list[int] | None:
@@ -224,13 +238,34 @@ def _warning_line(message, category, filename, lineno, line=None):
     return f"warning: {message}\n"
 
 
+def _fail(message: str) -> None:
+    typer.echo(f"error: {' '.join(message.split())}", err=True)
+    sys.exit(2)
+
+
 def main() -> None:
+    """Run the app; every user error ends as one ``error:`` line on stderr and exit status 2 (no traceback)."""
+    import importlib
+
+    cx = importlib.import_module(typer.BadParameter.__module__)  # click's exceptions (typer may vendor click)
+    no_args = getattr(cx, "NoArgsIsHelpError", ())
     warnings.formatwarning = _warning_line
     try:
-        app()
+        code = app(standalone_mode=False, prog_name="opd-dynamics")
     except OPDError as e:
-        typer.echo(f"error: {e}", err=True)
+        _fail(str(e))
+    except no_args as e:
+        typer.echo(e.ctx.get_help() if e.ctx else "", err=True)
         sys.exit(2)
+    except cx.UsageError as e:  # a mistyped option, a missing argument, a value of the wrong type
+        cmd = e.ctx.command_path if e.ctx else "opd-dynamics"
+        _fail(f"{e.format_message()} (fix: see `{cmd} --help`)")
+    except cx.ClickException as e:  # e.g. a FileError
+        _fail(e.format_message())
+    except (cx.Abort, KeyboardInterrupt):  # Ctrl-C: clean-up has run (outputs are left as they were)
+        typer.echo("error: interrupted", err=True)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -41,25 +41,32 @@ def replay_cmd(
     from opd_dynamics.effopd.frame import replay_frame
     from opd_dynamics.effopd.replay import replay
     from opd_dynamics.studies._common import prepare
-    from opd_dynamics.table import _atomic_write
+    from opd_dynamics.outdir import write_results
+
+    from opd_dynamics_cli.interventions import claimed
 
     try:
         k_list = tuple(int(k) for k in ks.split(",") if k.strip())
     except ValueError:
         raise OPDError(f"--ks {ks!r}: expected comma-separated integers", hint="e.g. --ks 1,2,3,4,5") from None
-    setup = prepare(run, base=base, task=task, evaluators=[evaluator], seed=seed, device=device, progress=not quiet,
-                    task_options=task_options or None, tokenizer=tokenizer)
-    opened = setup.runs[0]
-    score = setup.build_evaluators(opened)[0]
-    report = replay(opened, score, model=setup.engine.model, ks=k_list, rule=rule, device=device, progress=not quiet)
-    typer.echo(report.format())
+    if rule not in (">=", ">"):
+        raise OPDError(f"--rule {rule!r} not understood", hint="use >= (paper) or > (authors' code)")
+    with claimed(out):  # -o checked and locked before anything is read
+        setup = prepare(run, base=base, task=task, evaluators=[evaluator], seed=seed, device=device,
+                        progress=not quiet, task_options=task_options or None, tokenizer=tokenizer)
+        opened = setup.runs[0]
+        score = setup.build_evaluators(opened)[0]
+        report = replay(opened, score, model=setup.engine.model, ks=k_list, rule=rule, device=device,
+                        progress=not quiet)
+        typer.echo(report.format())
+        if out is not None:
+            frame = replay_frame(report, run=opened.name, metric=score.name)
+            meta = {"tool": "opd-dynamics effopd replay", "run": str(run), "base": str(setup.engine.base.path),
+                    "evaluator": evaluator, "task": setup.task_spec.to_json() if setup.task_spec else None,
+                    "answer_checking": score.details, "ks": list(k_list), "rule": rule, "notes": report.notes}
+            write_results(out, {"searches.csv": lambda p: report.searches.to_csv(p, index=False),
+                                "summary.csv": lambda p: report.summary.to_csv(p, index=False),
+                                "studies.parquet": lambda p: frame.to_parquet(p, index=False),
+                                "replay.json": lambda p: p.write_text(json.dumps(meta, indent=2))})
     if out is not None:
-        frame = replay_frame(report, run=opened.name, metric=score.name)
-        _atomic_write(out / "searches.csv", lambda p: report.searches.to_csv(p, index=False))
-        _atomic_write(out / "summary.csv", lambda p: report.summary.to_csv(p, index=False))
-        _atomic_write(out / "studies.parquet", lambda p: frame.to_parquet(p, index=False))
-        meta = {"tool": "opd-dynamics effopd replay", "run": str(run), "base": str(setup.engine.base.path),
-                "evaluator": evaluator, "task": setup.task_spec.to_json() if setup.task_spec else None,
-                "answer_checking": score.details, "ks": list(k_list), "rule": rule, "notes": report.notes}
-        _atomic_write(out / "replay.json", lambda p: Path(p).write_text(json.dumps(meta, indent=2)))
         typer.echo(f"wrote {out}/ (searches.csv, summary.csv, studies.parquet, replay.json)", err=True)

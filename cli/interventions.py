@@ -32,6 +32,15 @@ Metric = Annotated[Optional[str], typer.Option("--metric", help="Evaluator drawn
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars, no score listing.")]
 
 
+def claimed(out: Path | None):
+    """Hold ``-o`` (checked writable, locked against a second writer) for the whole command; nothing when absent."""
+    from contextlib import nullcontext
+
+    from opd_dynamics.outdir import claim
+
+    return claim(out) if out is not None else nullcontext()
+
+
 def _floats(text: str | None, flag: str) -> list[float] | None:
     if text is None:
         return None
@@ -45,9 +54,10 @@ def _run(study: str, runs, *, base, task, evaluators, teacher, seed, device, out
          task_options=None, tokenizer=None, **kw) -> None:
     from opd_dynamics.studies import STUDIES
 
-    df = STUDIES[study](runs, base=base, task=task, evaluators=evaluators or None, teacher=teacher, seed=seed,
-                        device=device, out=out, progress=not quiet, task_options=task_options or None,
-                        tokenizer=tokenizer, **{k: v for k, v in kw.items() if v is not None})
+    with claimed(out):  # -o checked and locked before anything is read
+        df = STUDIES[study](runs, base=base, task=task, evaluators=evaluators or None, teacher=teacher, seed=seed,
+                            device=device, out=out, progress=not quiet, task_options=task_options or None,
+                            tokenizer=tokenizer, **{k: v for k, v in kw.items() if v is not None})
     _finish(df, study, out, figure, metric, quiet)
 
 
@@ -175,7 +185,8 @@ def replay_cmd(manifest: Annotated[Path, typer.Argument(help="manifest.json writ
     """
     from opd_dynamics.studies import replay
 
-    res = replay(manifest, out=out, device=device, atol=atol, progress=not quiet)
+    with claimed(out):
+        res = replay(manifest, out=out, device=device, atol=atol, progress=not quiet)
     if res.compared:
         typer.echo(f"replayed {len(res.table)} rows; {res.compared} match the recorded table (max |Δ| = {res.max_abs_diff:.3g})")
     else:

@@ -13,6 +13,7 @@ import datetime as _dt
 import os
 import platform
 from collections import Counter
+from contextlib import nullcontext
 from importlib import metadata
 from typing import Sequence
 
@@ -23,10 +24,11 @@ from .engine import run_metrics
 from .errors import OPDError
 from .io.discovery import Run, open_run
 from .io.storage import StorageConfig, as_path, is_remote
-from .metrics.registry import DEFAULT_METRICS, Spec
+from .metrics.registry import DEFAULT_METRICS, Spec, unique_specs
 from .select import Selector
-from .table import from_rows, save
-from .watch import complete_steps
+from .outdir import claim
+from .table import from_rows, table_files
+from .live import complete_steps
 
 PathLike = str | os.PathLike
 
@@ -41,10 +43,13 @@ def resolve_device(device: str) -> torch.device:
 
 
 def _specs(metrics: Sequence[str | Spec] | None) -> list[Spec]:
+    """Parsed, checked specs; one metric may appear with several settings (labelled apart in the table), an exact
+    repeat is dropped."""
     specs = [m if isinstance(m, Spec) else Spec.parse(m) for m in (metrics or DEFAULT_METRICS)]
     for s in specs:
+        s.check()
         s.build()  # unknown names and bad settings fail here, before any reading
-    return specs
+    return unique_specs(specs)
 
 
 def open_runs(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] | None = None,
@@ -53,7 +58,7 @@ def open_runs(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] 
               storage: StorageConfig | dict | None = None, skip_incomplete: bool = True) -> list[Run]:
     """Discover several runs; ``base`` is one directory for all or one per run (paths or URLs).
 
-    With ``skip_incomplete`` a checkpoint still being written (:func:`opd_dynamics.watch.incomplete`) is left out
+    With ``skip_incomplete`` a checkpoint still being written (:func:`opd_dynamics.live.incomplete`) is left out
     with a warning; each run's ``skipped`` then maps its step to the reason. Remote runs are not checked: an object
     store shows an object only once its upload completed, and a shard still missing is a clear error.
     """
@@ -138,7 +143,9 @@ def analyze(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] | 
             needed when an exporter wrote ``lora_alpha: 0``).
         storage: for URLs: a :class:`~opd_dynamics.io.storage.StorageConfig` (fsspec options, retries, cache), or
             just the fsspec options as a dict (``{"endpoint_url": "http://127.0.0.1:9000"}``).
-        out: directory to write ``metrics.parquet`` + ``manifest.json`` into (nothing written on error).
+        out: directory to write ``metrics.parquet`` + ``manifest.json`` (+ ``cache/``) into, as one unit (checked
+            and locked before any reading; nothing written on error; an earlier result there is replaced whole,
+            :mod:`opd_dynamics.outdir`).
         csv: also write ``metrics.csv``.
         cache: with ``out``, reuse the cells an earlier analysis kept in ``out/cache/`` and compute only the new
             ones (:mod:`opd_dynamics.cache`); False computes everything afresh (and rewrites the cache).
@@ -146,35 +153,39 @@ def analyze(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] | 
             ``df.attrs["skipped"]`` then lists them as ``run/step: reason``.
 
     Returns:
-        The long table ``run, step, ref_step, module, layer, kind, metric, value``.
+        The long table ``run, step, ref_step, module, layer, expert, kind, metric, value``.
     """
-    specs = _specs(metrics)
-    selector = select if isinstance(select, Selector) else Selector.parse(list(select or []))
-    dev = resolve_device(device)
-    runs = open_runs(paths, base=base, names=names, steps=steps, allow_pickle=allow_pickle, lora_scaling=lora_scaling,
-                     storage=storage, skip_incomplete=skip_incomplete)
-    memo = None
-    if out is not None:
-        from .cache import Memo
+    with claim(out) if out is not None else nullcontext() as claimed:  # -o checked and locked before any reading
+        specs = _specs(metrics)
+        selector = select if isinstance(select, Selector) else Selector.parse(list(select or []))
+        dev = resolve_device(device)
+        runs = open_runs(paths, base=base, names=names, steps=steps, allow_pickle=allow_pickle,
+                         lora_scaling=lora_scaling, storage=storage, skip_incomplete=skip_incomplete)
+        memo = None
+        if out is not None:
+            from .cache import CACHE_DIR, Memo
 
-        memo = Memo(out, runs, specs, {"version": _version(), "spectrum_method": spectrum_method,
-                                       "nonfinite": nonfinite, "device": dev.type, "lora_scaling": lora_scaling},
-                    reuse=cache)
-    try:
-        rows = run_metrics(runs, specs, selector=selector, against=against, device=dev,
-                           spectrum_method=spectrum_method, nonfinite=nonfinite, progress=progress, memo=memo)
-    except BaseException:
-        if memo is not None:
-            memo.discard()
-        raise
-    df = from_rows(rows)
-    skipped = [f"{r.name}/{s}: {why}" for r in runs for s, why in getattr(r, "skipped", {}).items()]
-    if out is not None:
-        save(df, out, manifest(runs, specs, select=selector.to_json(), against=against, device=str(dev),
-                               spectrum_method=spectrum_method, nonfinite=nonfinite, lora_scaling=lora_scaling,
-                               rows=len(df), skipped=skipped,
-                               cells={"computed": memo.computed, "reused": memo.reused}), csv=csv)
-        memo.save()
+            memo = Memo(out, runs, specs, {"version": _version(), "spectrum_method": spectrum_method,
+                                           "nonfinite": nonfinite, "device": dev.type, "lora_scaling": lora_scaling},
+                        reuse=cache)
+        try:
+            rows = run_metrics(runs, specs, selector=selector, against=against, device=dev,
+                               spectrum_method=spectrum_method, nonfinite=nonfinite, progress=progress, memo=memo)
+        except BaseException:
+            if memo is not None:
+                memo.discard()
+            raise
+        df = from_rows(rows)
+        skipped = [f"{r.name}/{s}: {why}" for r in runs for s, why in getattr(r, "skipped", {}).items()]
+        if claimed is not None:
+            files = table_files(df, manifest(runs, specs, select=selector.to_json(), against=against,
+                                             device=str(dev), spectrum_method=spectrum_method, nonfinite=nonfinite,
+                                             lora_scaling=lora_scaling, rows=len(df), skipped=skipped,
+                                             cells={"computed": memo.computed, "reused": memo.reused}), csv=csv)
+            try:
+                claimed.commit({**files, CACHE_DIR: lambda p: memo.save(into=p)})  # the cache travels with the table
+            finally:
+                memo.discard()
     df.attrs["skipped"] = skipped
     return df
 

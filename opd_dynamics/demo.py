@@ -27,8 +27,12 @@ def run_demo(out: str | Path = "demo-out", *, preset: str = "default", seed: int
              progress: bool = True, echo: Callable[[str], None] = print):
     """Build the reference runs under ``out/lab``, analyse them into ``out/results``, report into ``out/report``."""
     from .lab import build_reference_runs
+    from .outdir import check_out
 
     out = Path(out)
+    check_out(out / "results")  # before minutes of training: a file in the way, a read-only place
+    if report:
+        check_out(out / "report")
     refs = build_reference_runs(out / "lab", preset=preset, seed=seed, progress=progress)
     df = analyze([refs.runs[a] for a in ARMS], base=refs.base, metrics=list(DEMO_METRICS), out=out / "results",
                  progress=progress)

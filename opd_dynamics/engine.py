@@ -21,7 +21,7 @@ import math
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Iterable, Iterator
 
 import torch
@@ -32,12 +32,12 @@ from .io.discovery import Run
 from .io.reader import Reader, nbytes, read_state
 from . import linalg
 from .linalg import Factored
-from .metrics.registry import Spec
+from .metrics.registry import Spec, settings_suffixes
 from .naming import Part, parts
 from .select import Selector
 from .view import ModuleView
 
-Row = tuple  # (run, step, ref_step, module, layer, kind, metric, value)
+Row = tuple  # (run, step, ref_step, module, layer, expert, kind, metric, value)
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,8 @@ def plan(run: Run, selector: Selector) -> list[TensorPlan]:
             if ck.shape(name) != shape:
                 raise CheckpointError(f"{ck.file_of(name)}: tensor {name!r} has shape {list(ck.shape(name))}, "
                                       f"the base has {list(shape)}", hint="check --base names the model this run started from")
-        chosen = tuple(p for p in parts(name, shape, config) if selector.matches(p, len(shape)))
+        chosen = tuple(p for p in parts(name, shape, config)
+                       if selector.matches(p, len(shape) - (p.index is not None)))  # an expert's slab is a matrix
         if chosen:
             out.append(TensorPlan(run, name, chosen, len(shape)))
     return out
@@ -132,6 +133,8 @@ def _read(ck: Reader, name: str, device: torch.device) -> Callable[[], torch.Ten
 
 
 def _part(t: torch.Tensor | Factored, p: Part) -> torch.Tensor | Factored:
+    if p.index is not None:  # one expert of a fused [E, ...] tensor
+        t = t[p.index]
     if t.ndim != 2:
         return t
     t = t.T if p.transpose else t
@@ -177,7 +180,7 @@ def run_metrics(runs: list[Run], specs: list[Spec], *, selector: Selector = Sele
         raise OPDError(f"--nonfinite {nonfinite!r} not understood", hint="use error or nan")
     device = torch.device(device)
     limit_heap_growth()
-    built = [(s, s.info, s.build()) for s in specs]
+    built = [(s, replace(s.info, suffix=suffix), s.build()) for s, suffix in zip(specs, settings_suffixes(specs))]
     keep_after = any(info.needs_after for _, info, _ in built)
     plans = [p for run in runs for p in plan(run, selector)]
     first = 0 if against in ("base", "prev", 0) else against
@@ -249,7 +252,7 @@ def _read_order(refs: dict[int, int], todo: dict[int, object], against, first: i
 def _emit(p: TensorPlan, part: Part, step: int, ref_step: int, info, value) -> Iterator[Row]:
     values = value if isinstance(value, dict) else {info.outputs[0]: value}
     for metric, v in values.items():
-        yield (p.run.name, step, ref_step, part.name, part.layer, part.kind, metric, float(v))
+        yield (p.run.name, step, ref_step, part.name, part.layer, part.expert, part.kind, metric + info.suffix, float(v))
 
 
 def _finite(x: torch.Tensor | Factored) -> bool:

@@ -25,3 +25,28 @@ class CheckpointError(OPDError):
 
 class SelectionError(OPDError):
     """An option names a metric, module, kind or step that does not exist."""
+
+
+def read_json(path, *, hint: str = "re-save the file", error: type[OPDError] = OPDError):
+    """``json.loads`` of a file, with every way it can fail (unreadable, not UTF-8, not JSON) as one-line ``error``.
+
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "config.json"; _ = p.write_bytes(b'{"a": "\\xff"}')
+    >>> try:
+    ...     read_json(p)
+    ... except OPDError as e:
+    ...     print(str(e).split(": ", 1)[1])
+    not valid UTF-8 (byte 0xff at offset 7) (fix: re-save the file)
+    """
+    import json
+    from pathlib import Path
+
+    p = path if hasattr(path, "read_bytes") else Path(path)  # a local path or a storage path (s3://, hf://)
+    try:
+        return json.loads(p.read_bytes().decode("utf-8"))
+    except OSError as e:
+        raise error(f"{p}: cannot read ({e.strerror})", hint="check the path and its permissions") from None
+    except UnicodeDecodeError as e:
+        raise error(f"{p}: not valid UTF-8 (byte 0x{e.object[e.start]:02x} at offset {e.start})", hint=hint) from None
+    except json.JSONDecodeError as e:
+        raise error(f"{p}: not valid JSON ({e.msg}, line {e.lineno})", hint=hint) from None

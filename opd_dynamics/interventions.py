@@ -4,8 +4,9 @@ For each stored tensor of the base model, :mod:`opd_dynamics.naming` splits it i
 ``c_attn`` into q/k/v, in the (out, in) orientation) and the plan's first matching rule picks each module's edit
 (:mod:`opd_dynamics.plans`). Only tensors with an edit that reads ΔW are touched: their W₀ is kept (a copy of the
 live parameter), the source checkpoint's tensor (and any other step an edit needs, e.g. ΔW_T for a norm rescale) is
-read through :class:`~opd_dynamics.io.checkpoint.Checkpoint`, every edited module is written as
-W = W₀ + edit(ΔW) computed in float64 and rounded once to the parameter dtype (so ``identity`` gives W_T exactly and
+read through :class:`~opd_dynamics.io.checkpoint.Checkpoint` (a LoRA adapter step answers W₀ + s·B·A merged
+as PEFT merges it; a tensor no adapter it reads moves stays at W₀ and is not touched), every edited module is
+written as W = W₀ + edit(ΔW) computed in float64 and rounded once to the parameter dtype (so ``identity`` gives W_T exactly and
 ``revert`` gives W₀ exactly), and on leaving the ``with`` block the kept copies are copied back (``try/finally``, as
 TransformerLens undoes hooks): the model is bitwise W₀ again. Peak extra memory: the touched tensors' W₀ copies plus
 a few float64 copies of the largest tensor, plus the read cache (``cache_mb``).
@@ -237,6 +238,8 @@ class InterventionEngine:
             items = [(p, e) for p, e in items if e.info.reads_delta]
             if not items:  # reverts only: W₀ is already there
                 continue
+            if not self._moves(run, steps, source, items, name):  # an adapter leaves it alone: ΔW = 0, stays W₀
+                continue
             param = self._params[name]
             w0 = param.detach().to(torch.float64)
             src = w0 if source == 0 else self._read(run.steps[source], name, info).to(torch.float64)
@@ -263,6 +266,13 @@ class InterventionEngine:
         self.stats["plans"] += 1
         return info
 
+    @staticmethod
+    def _moves(run: Run, steps: list[int], source: int, items, name: str) -> bool:
+        """False when every checkpoint the edits read is partial (a LoRA adapter) and leaves ``name`` alone."""
+        needed = {source} | {resolve_step(steps, r) for _, e in items for r in e.needs}
+        cks = [run.steps[s] for s in needed if s != 0]
+        return not cks or any(not getattr(ck, "partial", False) or name in ck for ck in cks)
+
     # -- scoring -----------------------------------------------------------------------------------------------------
     def evaluate(self, run: Run, plans: Sequence[Plan], evaluators: Sequence, *, progress: bool = True) -> pd.DataFrame:
         """Score every plan with every evaluator (``ev(model) -> float``); the long table described above."""
@@ -274,7 +284,7 @@ class InterventionEngine:
                 self.stats["eval_s"] += time.perf_counter() - t0
             info = self.last
             for metric, value in scores + [(UPDATE_NORM, info.update_norm)]:
-                rows.append((run.name, info.step, 0, plan.module, plan.layer, None, metric, value))
+                rows.append((run.name, info.step, 0, plan.module, plan.layer, None, None, metric, value))
         return from_rows(rows)
 
 

@@ -25,8 +25,6 @@ import html
 import inspect
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -34,10 +32,11 @@ from typing import Callable, Sequence
 
 import pandas as pd
 
-from .errors import OPDError
+from .errors import OPDError, read_json
 from .io.storage import StorageConfig, as_path, is_remote
+from .outdir import claim
 from .summary import ORDER, table1
-from .table import BODY_KINDS, COLUMNS, DTYPES, KIND, MANIFEST_NAME, METRIC, RUN, STEP, VALUE, validate
+from .table import BODY_KINDS, COLUMNS, DTYPES, EXPERT, KIND, MANIFEST_NAME, METRIC, RUN, STEP, VALUE, validate, with_expert
 
 PathLike = str | os.PathLike
 MARKER = "report.json"
@@ -92,14 +91,15 @@ def load_inputs(paths: Sequence[PathLike], storage: StorageConfig | None = None)
             except Exception as e:  # unreadable file: say which one
                 raise OPDError(f"{f}: cannot read ({e})", hint="re-run the command that wrote it") from None
             manifest = f.parent / MANIFEST_NAME
-            meta = json.loads(manifest.read_text()) if manifest.exists() else None
+            meta = read_json(manifest, hint="re-run the command that wrote it") if manifest.exists() else None
             tool = (meta or {}).get("tool") if isinstance(meta, dict) else None
-            if set(COLUMNS) <= set(df.columns) and tool not in (None, ANALYZE_TOOL):
+            is_long = set(COLUMNS) - {EXPERT} <= set(df.columns)  # tables from before the expert column too
+            if is_long and tool not in (None, ANALYZE_TOOL):
                 # e.g. an intervention study's raw scores: drawn from the study frame written beside them
                 sources.append({"path": str(f), "kind": f"skipped ({tool} table; its study frame is drawn)"})
                 continue
-            if set(COLUMNS) <= set(df.columns):
-                df = validate(df[list(COLUMNS)].astype(DTYPES))
+            if is_long:
+                df = validate(with_expert(df)[list(COLUMNS)].astype(DTYPES))
                 for run in df[RUN].unique():
                     if run in owner and owner[run] != f:
                         raise OPDError(f"run {run!r} is in both {owner[run]} and {f}",
@@ -314,23 +314,6 @@ def _version() -> str:
 
 # ---------------------------------------------------------------- build
 
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Rename ``tmp`` to ``out``; an existing ``out`` must be an earlier report (or empty) and is removed after."""
-    if out.exists():
-        if not out.is_dir() or (any(out.iterdir()) and not (out / MARKER).exists()):
-            raise OPDError(f"{out}: exists and is not an opd-dynamics report", hint="choose another -o directory")
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        out.rename(old)
-        try:
-            tmp.rename(out)
-        except BaseException:
-            old.rename(out)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(out)
-
-
 def build_report(results: Sequence[PathLike], out: PathLike, *, title: str = "opd-dynamics report",
                  formats: Sequence[str] = ("png", "pdf"), storage: StorageConfig | dict | None = None) -> Path:
     """Build the report from results directories or table files into ``out``; return the ``index.html`` path.
@@ -345,61 +328,59 @@ def build_report(results: Sequence[PathLike], out: PathLike, *, title: str = "op
 
     Figures whose metrics are absent are listed under "Not drawn" with the metric to compute.
     """
-    from .plots import PlotDataError
-    from .plots._style import pyplot, run_colors
-
     bad = set(formats) - {"png", "pdf", "svg"}
     if bad:
         raise OPDError(f"figure formats {sorted(bad)} not supported", hint="choose from png, pdf, svg")
-    inputs = load_inputs(results, StorageConfig(options=dict(storage)) if isinstance(storage, dict) else storage)
+    with claim(out) as held, held.staging() as tmp:  # -o checked and locked before any reading; swapped in whole
+        inputs = load_inputs(results, StorageConfig(options=dict(storage)) if isinstance(storage, dict) else storage)
+        _build(inputs, tmp, title, formats)
+    return held.out / "index.html"
+
+
+def _build(inputs: Inputs, tmp: Path, title: str, formats: Sequence[str]) -> None:
+    """Write the report's files into the (empty) directory ``tmp``."""
+    from .plots import PlotDataError
+    from .plots._style import pyplot, run_colors
+
     order = list(dict.fromkeys(list(inputs.table[RUN].unique()) +
                                (list(inputs.studies["run"].unique()) if inputs.studies is not None else [])))
     colors = run_colors(order)
-    out = Path(out).resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     plt = pyplot()
-    try:
-        (tmp / "figures").mkdir()
-        (tmp / "tables").mkdir()
-        t1 = None
-        if len(inputs.table):
-            t1 = _shown(table1(inputs.table, final_only=True), (RUN, STEP))
-            t1.to_csv(tmp / "tables" / "table1_final.csv", index=False)
-            (tmp / "tables" / "table1_final.tex").write_text(
-                to_latex(t1, "Update geometry at the final step, mean over attention and MLP matrices."))
-            table1(inputs.table).to_csv(tmp / "tables" / "table1_all_steps.csv", index=False)
-            km = _shown(kind_means(inputs.table), (RUN, KIND))
-            km.to_csv(tmp / "tables" / "kind_means_final.csv", index=False)
-            (tmp / "tables" / "kind_means_final.tex").write_text(
-                to_latex(km, "Final-step mean of each metric per run and module kind."))
-        if inputs.studies is not None:
-            inputs.studies.to_csv(tmp / "tables" / "studies.csv", index=False)
-        drawn, skipped = [], []
-        for fig in _figures(inputs, colors):
-            try:
-                mpl_fig = fig.draw()
-            except PlotDataError as e:
-                skipped.append((fig, str(e)))
-                continue
-            try:
-                for fmt in formats:
-                    mpl_fig.savefig(tmp / "figures" / f"{fig.slug}.{fmt}")
-                png = (tmp / "figures" / f"{fig.slug}.png").read_bytes() if "png" in formats else _png(mpl_fig)
-            finally:
-                plt.close(mpl_fig)
-            drawn.append((fig, png, int(mpl_fig.get_size_inches()[0] * 96)))
-        (tmp / "index.html").write_text(_page(title, inputs, colors, t1, drawn, skipped), encoding="utf-8")
-        (tmp / MARKER).write_text(json.dumps({
-            "tool": "opd-dynamics report", "version": _version(), "title": title,
-            "inputs": [{k: v for k, v in s.items() if k != "manifest"} for s in inputs.sources],
-            "colors": colors, "figures": [f.slug for f, _, _ in drawn],
-            "skipped": {f.slug: why for f, why in skipped}}, indent=2))
-        _replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out / "index.html"
+    (tmp / "figures").mkdir()
+    (tmp / "tables").mkdir()
+    t1 = None
+    if len(inputs.table):
+        t1 = _shown(table1(inputs.table, final_only=True), (RUN, STEP))
+        t1.to_csv(tmp / "tables" / "table1_final.csv", index=False)
+        (tmp / "tables" / "table1_final.tex").write_text(
+            to_latex(t1, "Update geometry at the final step, mean over attention and MLP matrices."))
+        table1(inputs.table).to_csv(tmp / "tables" / "table1_all_steps.csv", index=False)
+        km = _shown(kind_means(inputs.table), (RUN, KIND))
+        km.to_csv(tmp / "tables" / "kind_means_final.csv", index=False)
+        (tmp / "tables" / "kind_means_final.tex").write_text(
+            to_latex(km, "Final-step mean of each metric per run and module kind."))
+    if inputs.studies is not None:
+        inputs.studies.to_csv(tmp / "tables" / "studies.csv", index=False)
+    drawn, skipped = [], []
+    for fig in _figures(inputs, colors):
+        try:
+            mpl_fig = fig.draw()
+        except PlotDataError as e:
+            skipped.append((fig, str(e)))
+            continue
+        try:
+            for fmt in formats:
+                mpl_fig.savefig(tmp / "figures" / f"{fig.slug}.{fmt}")
+            png = (tmp / "figures" / f"{fig.slug}.png").read_bytes() if "png" in formats else _png(mpl_fig)
+        finally:
+            plt.close(mpl_fig)
+        drawn.append((fig, png, int(mpl_fig.get_size_inches()[0] * 96)))
+    (tmp / "index.html").write_text(_page(title, inputs, colors, t1, drawn, skipped), encoding="utf-8")
+    (tmp / MARKER).write_text(json.dumps({
+        "tool": "opd-dynamics report", "version": _version(), "title": title,
+        "inputs": [{k: v for k, v in s.items() if k != "manifest"} for s in inputs.sources],
+        "colors": colors, "figures": [f.slug for f, _, _ in drawn],
+        "skipped": {f.slug: why for f, why in skipped}}, indent=2))
 
 
 def _png(fig) -> bytes:

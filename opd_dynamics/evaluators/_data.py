@@ -35,9 +35,14 @@ def target(ex, which: str) -> str:
     return ex.solution if which == "solution" else ex.answer
 
 
-def teacher_forced(model, tokenizer, prompts: list[str], targets: list[str]):
+def special_tokens(task) -> bool:
+    """Whether prompts get the tokenizer's special tokens (False for chat-rendered prompts: the template has them)."""
+    return bool(getattr(task, "add_special_tokens", True))
+
+
+def teacher_forced(model, tokenizer, prompts: list[str], targets: list[str], add_special_tokens: bool = True):
     """Log-probs (B, R, V) float64 of ``model`` at each target position (``<eos>`` appended), and the mask (B, R)."""
-    rollout = pair_rollout(tokenizer, prompts, targets)
+    rollout = pair_rollout(tokenizer, prompts, targets, add_special_tokens)
     device = next(model.parameters()).device
     rollout.sequences, rollout.attention_mask = rollout.sequences.to(device), rollout.attention_mask.to(device)
     logits = response_logits(model, rollout)  # (B, R, V)

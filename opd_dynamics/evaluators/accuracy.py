@@ -9,21 +9,25 @@ the answer extraction are recorded in ``score.details`` (the manifest's ``answer
 """
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 
 from ..lab.generation import generate
 from . import checkers
-from ._data import batches, examples
+from ._data import batches, examples, special_tokens
 from .registry import evaluator
 
 
 @evaluator("accuracy", higher_is_better=True, bounds=(0.0, 1.0), unit="fraction correct")
-def accuracy(ctx, split: str = "test", limit: int | None = None, samples: int = 0, temperature: float = 1.0,
+def accuracy(ctx, split: Literal["train", "validation", "test"] = "test", limit: int | None = None, samples: int = 0,
+             temperature: float = 1.0,
              seed: int = 0, batch_size: int = 128, max_new_tokens: int | None = None, checker: str = "exact"):
     """Share of greedy (samples=0) or sampled generations the checker accepts (exact: the task's verifier)."""
     check = checkers.build(checker, ctx.task)
     exs = examples(ctx, split, limit)
     stop = tuple(getattr(ctx.task, "stop", ()) or ())
+    special = special_tokens(ctx.task)
     n = max(int(samples), 1)
     temp = 0.0 if samples == 0 else float(temperature)
     max_new = int(max_new_tokens or ctx.task.max_new_tokens)
@@ -34,7 +38,7 @@ def accuracy(ctx, split: str = "test", limit: int | None = None, samples: int = 
         correct = 0
         for batch in batches(exs, per_batch, ctx, "accuracy"):
             prompts = [ex.prompt for ex in batch for _ in range(n)]
-            texts = generate(model, ctx.tokenizer, prompts, max_new, temp, gen, stop=stop).texts
+            texts = generate(model, ctx.tokenizer, prompts, max_new, temp, gen, stop=stop, add_special_tokens=special).texts
             answers = [ex.answer for ex in batch for _ in range(n)]
             correct += sum(check(t, a) for t, a in zip(texts, answers))
         return correct / (len(exs) * n)

@@ -11,10 +11,12 @@ is better like every other evaluator; the reference's log-probs are computed onc
 """
 from __future__ import annotations
 
+from typing import Literal
+
 from pathlib import Path
 
 from ..errors import OPDError
-from ._data import batches, examples, target, teacher_forced
+from ._data import batches, examples, special_tokens, target, teacher_forced
 from .registry import evaluator
 
 
@@ -27,7 +29,8 @@ def _load(path: Path, device):
 
 
 @evaluator("kl", higher_is_better=True, bounds=(float("-inf"), 0.0), unit="−KL, nats per token")
-def kl(ctx, reference: str = "teacher", direction: str = "reverse", split: str = "test", limit: int | None = None,
+def kl(ctx, reference: str = "teacher", direction: Literal["reverse", "forward"] = "reverse",
+       split: Literal["train", "validation", "test"] = "test", limit: int | None = None,
        target_field: str = "solution", batch_size: int = 64):
     """Negative mean token KL to a reference model (teacher, final, or a directory) on prompts + reference solutions."""
     if direction not in ("reverse", "forward"):
@@ -37,6 +40,7 @@ def kl(ctx, reference: str = "teacher", direction: str = "reverse", split: str =
         raise OPDError(f"kl: no reference model {reference!r} (known: {sorted(ctx.references)})",
                        hint="pass --teacher DIR, use reference=final, or give a model directory")
     exs = examples(ctx, split, limit)
+    special = special_tokens(ctx.task)
     pairs = list(zip([ex.prompt for ex in exs], [target(ex, target_field) for ex in exs]))
     cache: list = []  # reference log-probs per batch, filled on the first call
 
@@ -47,11 +51,11 @@ def kl(ctx, reference: str = "teacher", direction: str = "reverse", split: str =
             ref = _load(path, device)
             with torch.no_grad():
                 for batch in batches(pairs, batch_size, ctx, f"kl: {reference} log-probs"):
-                    cache.append(teacher_forced(ref, ctx.tokenizer, [p for p, _ in batch], [t for _, t in batch])[0])
+                    cache.append(teacher_forced(ref, ctx.tokenizer, [p for p, _ in batch], [t for _, t in batch], special)[0])
             del ref
         total, count = 0.0, 0
         for batch, logq in zip(batches(pairs, batch_size, ctx, "kl"), cache):
-            logp, _, mask = teacher_forced(model, ctx.tokenizer, [p for p, _ in batch], [t for _, t in batch])
+            logp, _, mask = teacher_forced(model, ctx.tokenizer, [p for p, _ in batch], [t for _, t in batch], special)
             a, b = (logp, logq) if direction == "reverse" else (logq, logp)
             per_token = (a.exp() * (a - b)).sum(-1)  # (B, R)
             total += float((per_token * mask).sum())

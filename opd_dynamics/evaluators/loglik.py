@@ -6,15 +6,19 @@ token, ≤ 0, higher is better.
 """
 from __future__ import annotations
 
-from ._data import batches, examples, target, teacher_forced
+from typing import Literal
+
+from ._data import batches, examples, special_tokens, target, teacher_forced
 from .registry import evaluator
 
 
 @evaluator("loglik", higher_is_better=True, bounds=(float("-inf"), 0.0), unit="nats per token")
-def loglik(ctx, split: str = "test", limit: int | None = None, target_field: str = "solution",
-           reduce: str = "token", batch_size: int = 128):
+def loglik(ctx, split: Literal["train", "validation", "test"] = "test", limit: int | None = None,
+           target_field: Literal["solution", "answer"] = "solution", reduce: Literal["token", "example"] = "token",
+           batch_size: int = 128):
     """Mean token log-likelihood of reference solutions given prompts (teacher-forced, eos included)."""
     exs = examples(ctx, split, limit)
+    special = special_tokens(ctx.task)
     targets = [target(ex, target_field) for ex in exs]
     if reduce not in ("token", "example"):
         from ..errors import OPDError
@@ -24,7 +28,7 @@ def loglik(ctx, split: str = "test", limit: int | None = None, target_field: str
     def score(model) -> float:
         total, count, per_example = 0.0, 0, []
         for batch in batches(pairs, batch_size, ctx, "loglik"):
-            logp, tokens, mask = teacher_forced(model, ctx.tokenizer, [p for p, _ in batch], [t for _, t in batch])
+            logp, tokens, mask = teacher_forced(model, ctx.tokenizer, [p for p, _ in batch], [t for _, t in batch], special)
             lp = logp.gather(-1, tokens[..., None]).squeeze(-1) * mask  # (B, R)
             total += float(lp.sum())
             count += int(mask.sum())

@@ -91,8 +91,11 @@ class TaskSpec:
 
             try:
                 return JsonlTask(self.path, answer_regex=self.answer_regex or DEFAULT_REGEX, seed=self.seed)
-            except (ValueError, json.JSONDecodeError) as e:
-                raise OPDError(f"{self.path}: {e}", hint="one JSON object per line with prompt and answer") from None
+            except OSError as e:
+                raise OPDError(f"{self.path}: cannot read ({e.strerror})", hint="check the path and permissions") from None
+            except (ValueError, TypeError, AttributeError) as e:  # bad JSON, not UTF-8, rows that are not objects
+                why = str(e).removeprefix(f"{self.path}:").strip()
+                raise OPDError(f"{self.path}: {why}", hint="one UTF-8 JSON object per line with prompt and answer") from None
         from ..lab.rows import RowsTask
 
         rows = read_file(self.path) if self.kind == "file" else read_dataset(self.path, self.split)

@@ -15,14 +15,13 @@ Formats, in order of preference inside a directory:
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, read_json
 from .reader import read_config
 from .safetensors_file import SafetensorsFile
 from .storage import as_path, is_remote
@@ -135,10 +134,11 @@ class Checkpoint:
                               hint="point at a checkpoint directory")
 
     def _open_index(self, index: Path, open_one) -> None:
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise CheckpointError(f"{index}: corrupt index (no 'weight_map')", hint="re-save the checkpoint") from None
+        weight_map = read_json(index, hint="re-save the checkpoint", error=CheckpointError)
+        weight_map = weight_map.get("weight_map") if isinstance(weight_map, dict) else None
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise CheckpointError(f"{index}: corrupt index (no 'weight_map' of tensor -> file)",
+                                  hint="re-save the checkpoint")
         by_file: dict[str, list[str]] = {}
         for name, fname in weight_map.items():
             by_file.setdefault(fname, []).append(name)

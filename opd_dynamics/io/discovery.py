@@ -23,10 +23,12 @@ else a step-0 checkpoint, else an error that says how to pass one.
 from __future__ import annotations
 
 import json
+import os
 import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
 
 from ..errors import CheckpointError, OPDError
 from . import formats, hub
@@ -83,16 +85,48 @@ def _single_step(d: Path) -> int:
     if state.exists():
         try:
             return int(json.loads(state.read_text()).get("global_step", 1))
-        except (json.JSONDecodeError, ValueError, TypeError):
+        except (OSError, ValueError, TypeError, AttributeError):  # unreadable state: fall back to step 1
             pass
     return 1
 
 
-def find_steps(root: str | Path, storage: StorageConfig | None = None) -> dict[int, Path]:
+def _unreadable(d: Path) -> CheckpointError | None:
+    """Why a step directory that exists cannot be read (a dangling link, no permission), else None.
+
+    Why an error and not a skip: a step that silently drops out moves the "final" step, and every metric measured
+    against the final update (``alignment_to_final``) would be measured against the wrong one.
+    """
+    if not isinstance(d, Path):  # remote storage: no links, no local permissions
+        return None
+    if d.is_symlink() and not d.exists():
+        return CheckpointError(f"{d}: a dangling symlink (its target {os.readlink(d)} does not exist: "
+                               "an unmounted volume?)", hint=f"mount or restore it, or leave step {_step_of(d)} "
+                               "out with --steps")
+    if d.is_dir() and not os.access(d, os.R_OK | os.X_OK):
+        return CheckpointError(f"{d}: permission denied", hint=f"get read access, or leave step {_step_of(d)} "
+                               "out with --steps")
+    return None
+
+
+def _step_of(d: Path) -> int:
+    return int(_STEP_DIR.match(d.name).group(1))
+
+
+def _listdir(root) -> list:
+    try:
+        return sorted(root.iterdir())
+    except OSError as e:
+        raise OPDError(f"{root}: cannot list ({e.strerror})", hint="check the path and its permissions") from None
+
+
+def find_steps(root: str | Path, storage: StorageConfig | None = None,
+               steps: Iterable[int] | None = None) -> dict[int, Path]:
     """Map step -> weights directory for every checkpoint under ``root`` (one level of step dirs).
 
     ``root`` may be a URL (``s3://bucket/run/``): the same layouts are found in the remote listing, and
     ``hf://org/repo@step-*`` (or ``@a,b``) is a run whose checkpoints are the matching revisions.
+    A step directory that exists but cannot be read (dangling link, permission denied) is an error, unless
+    ``steps`` is given and leaves it out.
     """
     root = as_path(root, storage)
     if hub.is_revision_set(root):
@@ -111,13 +145,25 @@ def find_steps(root: str | Path, storage: StorageConfig | None = None) -> dict[i
     if single is not None:
         return {_single_step(root): single}
     root = _step_root(root)
+    wanted = None if steps is None else set(steps) | {0}
     found: dict[int, Path] = {}
     unreadable: list[Path] = []
-    for child in sorted(root.iterdir()):
+    for child in _listdir(root):
         m = _STEP_DIR.match(child.name)
-        if not (m and child.is_dir()):
+        if not m:
             continue
-        wd = _weights_dir(child)
+        broken = _unreadable(child)
+        if broken is not None:
+            if wanted is None or int(m.group(1)) in wanted:
+                raise broken
+            continue
+        if not child.is_dir():
+            continue
+        try:
+            wd = _weights_dir(child)
+        except PermissionError as e:
+            raise CheckpointError(f"{e.filename}: permission denied", hint=f"get read access, or leave step "
+                                  f"{m.group(1)} out with --steps") from None
         if wd is None:
             unreadable.append(child)
             continue
@@ -168,7 +214,7 @@ def open_run(root: str | Path, *, base: str | Path | None = None, name: str | No
             (:class:`~opd_dynamics.io.storage.StorageConfig`).
     """
     root = as_path(root, storage)
-    found = find_steps(root, storage)
+    found = find_steps(root, storage, steps)
     lora = {s: p for s, p in found.items() if formats.detect(p)[0] is formats.peft}  # adapter-only steps
     if lora and len(lora) != len(found):
         raise OPDError(f"{root}: mixes LoRA adapters ({sorted(lora)}) and full checkpoints "
@@ -202,6 +248,28 @@ def open_run(root: str | Path, *, base: str | Path | None = None, name: str | No
     if base_ck.partial:
         raise OPDError(f"{base_ck.path}: the base is a LoRA adapter", hint="pass --base with the full model")
     options = {"scaling": lora_scaling} if lora else {}
-    ckpts = {s: formats.open(p, allow_pickle=allow_pickle, base_config=base_ck.config, base=base_ck, **options)
-             for s, p in sorted(found.items())}
-    return Run(name or hub.run_name(root), root, base_ck, ckpts)
+    ckpts = {}
+    for s, p in sorted(found.items()):
+        try:
+            ckpts[s] = formats.open(p, allow_pickle=allow_pickle, base_config=base_ck.config, base=base_ck, **options)
+        except CheckpointError as e:
+            raise CheckpointError(e.message, hint=_step_hint(s, found, e.hint)) from None
+    return Run(name or run_name(root), root, base_ck, ckpts)
+
+
+def run_name(root) -> str:
+    """The default ``run`` label: the directory's name, resolved (``analyze .`` is named after the directory, never
+    ''); ``hf://org/repo@step-*`` -> ``repo``."""
+    if not isinstance(root, Path):
+        return hub.run_name(root)
+    resolved = root.resolve()
+    return resolved.name or str(resolved)
+
+
+def _step_hint(step: int, found: dict, hint: str | None) -> str:
+    """An unreadable step's hint: the newest one may still be being written (a live run), so offer ``--steps``."""
+    others = ",".join(str(s) for s in sorted(found) if s != step)
+    if step == max(found) and others:
+        return (f"if it is still being written (a live run), analyse the complete steps with --steps {others}"
+                + (f"; else {hint}" if hint else ""))
+    return (hint + "; " if hint else "") + (f"or leave step {step} out with --steps {others}" if others else "")

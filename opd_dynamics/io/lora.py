@@ -39,7 +39,7 @@ from typing import Any
 
 import torch
 
-from ..errors import CheckpointError, OPDError
+from ..errors import CheckpointError, OPDError, read_json
 from ..linalg import Factored
 from .checkpoint import Checkpoint, has_weights
 from .safetensors_file import SafetensorsFile
@@ -71,10 +71,9 @@ def pattern_value(patterns: dict[str, Any] | None, module: str, default):
 
 def read_adapter_config(path: Path) -> dict[str, Any]:
     p = path / ADAPTER_CONFIG
-    try:
-        cfg = json.loads(p.read_text())
-    except json.JSONDecodeError:
-        raise CheckpointError(f"{p}: not valid JSON", hint="re-save the adapter") from None
+    cfg = read_json(p, hint="re-save the adapter", error=CheckpointError)
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{p}: not an adapter config (a JSON object)", hint="re-save the adapter")
     peft_type = str(cfg.get("peft_type", "LORA")).upper()
     if peft_type != "LORA":
         raise CheckpointError(f"{p}: peft_type {peft_type!r} is not LoRA", hint="only LoRA adapters can be analysed")
@@ -109,7 +108,8 @@ class LoraCheckpoint:
 
     ``keys()`` are the base tensors the adapter moves (``partial``: the others stay at W₀ and are not listed).
     ``get_update(name)`` answers a :class:`~opd_dynamics.linalg.Factored` ΔW in the stored orientation, or the full
-    tensor for ``modules_to_save`` / ``base_layer`` weights; ``get_tensor(name)`` is the merged W₀ + ΔW.
+    tensor for ``modules_to_save`` / ``base_layer`` weights; ``get_tensor(name)`` is the merged W₀ + ΔW, computed
+    as PEFT merges it, and W₀ for a base tensor the adapter leaves alone.
     """
 
     partial = True
@@ -172,11 +172,23 @@ class LoraCheckpoint:
         return full if fac is None else full.to(torch.float32, copy=True).add_(fac.dense(torch.float32))
 
     def get_tensor(self, name: str) -> torch.Tensor:
-        """W_t: the merged weight W₀ + s·B·A (float32), or the stored full weight."""
-        upd = self.get_update(name)
-        if isinstance(upd, Factored):
-            return self.base.get_tensor(name).to(torch.float32, copy=True).add_(upd.dense(torch.float32))
-        return upd
+        """W_t merged as PEFT's ``merge_and_unload`` merges: W₀ + transpose?(B @ A)·s in W₀'s float dtype (float32
+        at least), so a model built from these tensors is bitwise PEFT's merged model. A base tensor the adapter
+        leaves alone is W₀ itself (it did not move)."""
+        if name not in self:
+            return self.base.get_tensor(name)
+        mod = self._modules.get(name)
+        if mod is None or name in self._full:
+            upd = self.get_update(name)
+            return upd if isinstance(upd, torch.Tensor) else upd.dense(torch.float32)
+        self.reads += 1
+        w0 = self.base.get_tensor(name)
+        dtype = w0.dtype if w0.dtype in (torch.float32, torch.float64) else torch.float32
+        a, b = self._raw(mod.a).to(dtype), self._raw(mod.b).to(dtype)
+        delta = b @ a                                   # PEFT: transpose(B @ A, fan_in_fan_out) * scaling
+        if mod.embedding or mod.fan_in_fan_out:
+            delta = delta.T
+        return w0.to(dtype, copy=True).add_(delta * mod.scale)
 
     def __repr__(self) -> str:
         return f"LoraCheckpoint({str(self.path)!r}, modules={len(self._modules)}, full={len(self._full)})"

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, read_json
 
 if TYPE_CHECKING:
     from ..linalg import Factored
@@ -86,7 +86,9 @@ def nbytes(reader: Reader, name: str) -> int:
 
 def read_config(path: Path) -> dict[str, Any]:
     """``config.json`` at ``path`` as a dict ({} when absent); a corrupt file is a one-line error."""
-    try:
-        return json.loads(path.read_text()) if path.exists() else {}
-    except json.JSONDecodeError:
-        raise CheckpointError(f"{path}: not valid JSON", hint="re-save the model config") from None
+    if not path.exists():
+        return {}
+    cfg = read_json(path, hint="re-save the model config", error=CheckpointError)
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{path}: not a model config (a JSON object)", hint="re-save the model config")
+    return cfg

@@ -18,7 +18,6 @@ same code reads a local file, an S3 object or a Hub revision.
 from __future__ import annotations
 
 import json
-import math
 import os
 import struct
 
@@ -32,7 +31,7 @@ DTYPES: dict[str, torch.dtype] = {
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
     "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
 }
-_MAX_HEADER = 100 * 2**20  # the format caps headers at 100 MB
+_MAX_HEADER = 100_000_000  # the safetensors library refuses longer headers
 #: bytes read speculatively for the header: one request covers the length and the JSON of a 7B shard; whatever
 #: data follows in those bytes is kept and serves the tensors that lie inside it
 HEADER_PROBE = 64 * 2**10
@@ -96,28 +95,91 @@ def _parse_header(path, storage) -> tuple[dict, dict, int, bytearray]:
                                   f"file has {size})", hint=fix)
         if 8 + n > len(head):
             head += storage.read_range(path, len(head), 8 + n - len(head), header=True)
-        header = json.loads(bytes(head[8:8 + n]))
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read ({e.strerror})", hint="check the path and permissions") from None
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise CheckpointError(f"{path}: corrupt safetensors header (not valid JSON)", hint=fix) from None
+    try:
+        header = json.loads(bytes(head[8:8 + n]).decode("utf-8"), parse_constant=_no_constant)
+        json.dumps(header, ensure_ascii=False).encode("utf-8")  # a lone surrogate escape ("\\ud800") is not text
+    except (UnicodeError, ValueError, RecursionError):
+        raise CheckpointError(f"{path}: corrupt safetensors header (not valid UTF-8 JSON)", hint=fix) from None
+    entries, metadata = check_header(header, size - 8 - n, path)
+    return entries, metadata, 8 + n, head[8 + n:]
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not JSON")  # json.loads takes NaN/Infinity; the format's parser does not
+
+
+def _uint(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 2**64
+
+
+def _nbytes(shape: list[int], dtype: str) -> int | None:
+    """prod(shape) · itemsize, or None where the library's 64-bit checked product overflows (even if a 0 follows)."""
+    n = 1
+    for d in shape:
+        n *= d
+        if n >= 2**64:
+            return None
+    n *= DTYPES[dtype].itemsize * 8  # the library counts bits
+    return None if n >= 2**64 else n // 8
+
+
+def check_header(header, data_len: int, path=None) -> tuple[dict, dict]:
+    """Validate a parsed header against a data section of ``data_len`` bytes, as strictly as the safetensors library.
+
+    Rules (those of ``safetensors``' own ``Metadata::validate``): a JSON object; ``__metadata__`` absent, null or
+    an object of strings; every other entry an object with ``dtype`` (a known name), ``shape`` (non-negative
+    integers) and ``data_offsets`` (two non-negative integers); sorted by offset the tensors tile the data section
+    exactly — starting at 0, no gap, no overlap, ending at its last byte — and each spans ``prod(shape) · itemsize``
+    bytes. Returns ``(entries, metadata)``; anything else is a :class:`CheckpointError` naming the file.
+    """
+    fix = "re-copy or re-save this checkpoint"
+    path = "<header>" if path is None else path
+
+    def bad(what: str) -> CheckpointError:
+        return CheckpointError(f"{path}: corrupt safetensors header ({what})", hint=fix)
+
     if not isinstance(header, dict):
-        raise CheckpointError(f"{path}: corrupt safetensors header (not a JSON object)", hint=fix)
-    metadata = header.pop("__metadata__", None) or {}
-    data_len = size - 8 - n
+        raise bad("not a JSON object")
+    header = dict(header)
+    metadata = header.pop("__metadata__", None)
+    if metadata is None:
+        metadata = {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise bad("__metadata__ is not an object of strings")
+    spans = []
     for name, e in header.items():
-        try:
-            dtype, shape, (start, end) = e["dtype"], e["shape"], e["data_offsets"]
-        except (KeyError, TypeError, ValueError):
-            raise CheckpointError(f"{path}: corrupt header entry for tensor {name!r}", hint=fix) from None
+        if not isinstance(e, dict) or not {"dtype", "shape", "data_offsets"} <= e.keys():
+            raise bad(f"tensor {name!r} lacks dtype, shape or data_offsets")
+        dtype, shape, offsets = e["dtype"], e["shape"], e["data_offsets"]
+        if not isinstance(dtype, str):
+            raise bad(f"tensor {name!r} has dtype {dtype!r}, not a string")
         if dtype not in DTYPES:
             raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {dtype}",
                                   hint=f"convert to one of {sorted(DTYPES)}")
-        want = math.prod(shape) * DTYPES[dtype].itemsize
-        if end - start != want or start < 0:
-            raise CheckpointError(f"{path}: corrupt header: tensor {name!r} spans {end - start} bytes, "
-                                  f"shape {shape} {dtype} needs {want}", hint=fix)
-        if end > data_len:
-            raise CheckpointError(f"{path}: truncated: tensor {name!r} ends at byte {end} of the data "
-                                  f"section but the file holds only {data_len}", hint=fix)
-    return header, metadata, 8 + n, head[8 + n:]
+        if not isinstance(shape, list) or not all(_uint(d) for d in shape):
+            raise bad(f"tensor {name!r} has shape {shape!r}, not a list of non-negative integers")
+        if not isinstance(offsets, list) or len(offsets) != 2 or not all(_uint(o) for o in offsets):
+            raise bad(f"tensor {name!r} has data_offsets {offsets!r}, not two non-negative integers")
+        spans.append((offsets[0], offsets[1], name))
+    end = 0
+    for start, stop, name in sorted(spans):
+        if start != end or stop < start:
+            what = "overlaps the tensor before it" if start < end else "leaves a gap before it" if start > end \
+                else "ends before it starts"
+            raise bad(f"tensor {name!r} at bytes {start}..{stop} {what}")
+        e = header[name]
+        want = _nbytes(e["shape"], e["dtype"])
+        if want is None:
+            raise bad(f"tensor {name!r} has shape {e['shape']}, too large")
+        if stop - start != want:
+            raise bad(f"tensor {name!r} spans {stop - start} bytes, shape {e['shape']} {e['dtype']} needs {want}")
+        end = stop
+    if end > data_len:
+        name = max(spans)[2]
+        raise CheckpointError(f"{path}: truncated: tensor {name!r} ends at byte {end} of the data "
+                              f"section but the file holds only {data_len}", hint=fix)
+    if end < data_len:
+        raise bad(f"{data_len - end} bytes after the last tensor, not covered by the header")
+    return header, metadata

@@ -58,10 +58,13 @@ def left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tenso
     return ids, mask
 
 
-def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[str],
+                   add_special_tokens: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded ids and mask. Chat-rendered prompts pass ``add_special_tokens=False``: the chat template writes
+    its own special tokens (as ``apply_chat_template(tokenize=True)`` and TRL's trainers encode them)."""
     # padded by hand: asking the fast tokenizer to pad switches padding on in its backend for good,
     # and every tokenizer.json saved afterwards would differ
-    return left_pad(tokenizer(prompts)["input_ids"], tokenizer.pad_token_id)
+    return left_pad(tokenizer(prompts, add_special_tokens=add_special_tokens)["input_ids"], tokenizer.pad_token_id)
 
 
 def _stopped(tokenizer, tokens: list[torch.Tensor], rows: torch.Tensor, stop: tuple[str, ...], window: int) -> torch.Tensor:
@@ -85,14 +88,15 @@ def cut_at_stop(text: str, stop: tuple[str, ...]) -> str:
 @torch.no_grad()
 def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str],
              max_new_tokens: int, temperature: float = 1.0,
-             generator: torch.Generator | None = None, stop: tuple[str, ...] = ()) -> Rollout:
+             generator: torch.Generator | None = None, stop: tuple[str, ...] = (),
+             add_special_tokens: bool = True) -> Rollout:
     """Continue each prompt until ``<eos>``, a ``stop`` string or ``max_new_tokens``; greedy when ``temperature == 0``.
 
     Runs on the model's device (sampling draws on the CPU from ``generator``, so CPU and CUDA sample alike given the
     same logits). Texts are cut before the first stop string; the returned tokens keep what was generated.
     """
     device = next(model.parameters()).device
-    prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts)
+    prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts, add_special_tokens)
     ids, mask = prompt_ids.to(device), prompt_mask.to(device)
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     window = max((len(s) for s in stop), default=0) + 4
@@ -146,9 +150,10 @@ def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(logits, dim=-1).gather(-1, tokens[..., None]).squeeze(-1)
 
 
-def pair_rollout(tokenizer: PreTrainedTokenizerBase, prompts: list[str], responses: list[str]) -> Rollout:
+def pair_rollout(tokenizer: PreTrainedTokenizerBase, prompts: list[str], responses: list[str],
+                 add_special_tokens: bool = True) -> Rollout:
     """A rollout from given texts (the SFT case): each response gets an ``<eos>`` appended."""
-    prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts)
+    prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts, add_special_tokens)
     resp = [tokenizer(r, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
             for r in responses]
     width = max(len(r) for r in resp)

@@ -14,8 +14,10 @@ split      ``split``                                    train / validation / tes
 ========== =========================================== ==================================================
 
 Conversational prompts are rendered with the model's own chat template
-(``tokenizer.apply_chat_template(turns, add_generation_prompt=True)``, after :meth:`RowsTask.bind`); a plain prompt
-stays plain unless ``chat_template=True`` (then it is one user turn). A row without a prompt or an answer is an
+(``tokenizer.apply_chat_template(turns, add_generation_prompt=True)``, after :meth:`RowsTask.bind`) and encoded
+without the tokenizer's special tokens (``add_special_tokens = False``: the template writes its own, as
+``apply_chat_template(tokenize=True)`` and TRL's collators encode them); plain prompts stay plain unless
+``chat_template=True`` (then each is one user turn). A row without a prompt or an answer is an
 :class:`~opd_dynamics.errors.OPDError` naming the row.
 
 **Splits**: a source read with an explicit split (``dataset:NAME:test``, ``FILE:test``) is one evaluation set that every
@@ -116,6 +118,10 @@ class RowsTask:
             self._splits["test"] += unsplit[n_train + n_val:]
         if not parsed:
             raise OPDError(f"{source}: no rows", hint="the task needs at least one prompt/answer row")
+        # chat prompts are encoded as the template writes them, without the tokenizer's own <bos> (as
+        # apply_chat_template(tokenize=True) and TRL's collators do); a plain prompt in a chat task is one user turn
+        self.chat = bool(chat_template) if chat_template is not None else any(isinstance(r.prompt, list) for r in parsed)
+        self.add_special_tokens = not self.chat
         longest = max(len(r.solution) for r in parsed)
         self.max_new_tokens = int(max_new_tokens or 2 * longest + 8)
 
@@ -167,7 +173,7 @@ class RowsTask:
         return self
 
     def _render(self, prompt: str | list) -> str:
-        if isinstance(prompt, str) and not self.chat_template:
+        if isinstance(prompt, str) and not self.chat:
             return prompt
         turns = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
         tok = self.tokenizer
@@ -177,12 +183,7 @@ class RowsTask:
         if not getattr(tok, "chat_template", None):
             raise OPDError(f"{self.source}: the tokenizer has no chat template to render chat prompts",
                            hint="pass --tokenizer DIR with the chat model's tokenizer, or give plain prompts")
-        text = tok.apply_chat_template([dict(t) for t in turns], tokenize=False, add_generation_prompt=True)
-        bos = tok.bos_token
-        # the template writes <bos> itself when the model wants it; generation adds special tokens again
-        if bos and text.startswith(bos) and tok("")["input_ids"][:1] == [tok.bos_token_id]:
-            text = text[len(bos):]
-        return text
+        return tok.apply_chat_template([dict(t) for t in turns], tokenize=False, add_generation_prompt=True)
 
     def examples(self, split: str) -> list[Example]:
         check_split(split)

@@ -8,7 +8,6 @@ edited models.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import math
 import os
 import platform
@@ -19,14 +18,15 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from ..errors import OPDError
+from ..errors import OPDError, read_json
 from ..evaluators import EvalContext, EvalSpec, TaskSpec
 from ..evaluators.tasks import detect
 from ..interventions import InterventionEngine, study_frame
 from ..io.discovery import Run
 from ..plans import PLAN_PREFIX, Plan, Rule
 from ..edits import EditSpec
-from ..table import MANIFEST_NAME, _atomic_write, from_rows, load, save
+from ..outdir import write_results
+from ..table import MANIFEST_NAME, from_rows, load, table_files
 
 PathLike = str | os.PathLike
 TOOL = "opd-dynamics interventions"
@@ -162,11 +162,11 @@ def manifest(setup: Setup, study: str, plans: dict[str, list[Plan]], settings: d
 
 
 def write(df: pd.DataFrame, out: PathLike, manifest_: dict[str, Any]) -> Path:
-    """``metrics.parquet`` (long table) + ``studies.parquet`` (study frame) + ``manifest.json``, each atomically."""
-    out = Path(out)
+    """Replace ``out`` by ``metrics.parquet`` (long table) + ``studies.parquet`` (study frame) + ``manifest.json``,
+    as one unit (:mod:`opd_dynamics.outdir`)."""
     frame = study_frame(df)
-    _atomic_write(out / "studies.parquet", lambda p: frame.to_parquet(p, index=False))
-    return save(df, out, manifest_)
+    write_results(out, {"studies.parquet": lambda p: frame.to_parquet(p, index=False), **table_files(df, manifest_)})
+    return Path(out) / "metrics.parquet"
 
 
 @dataclass(frozen=True)
@@ -185,10 +185,9 @@ def replay(manifest_path: PathLike, *, out: PathLike | None = None, device: str 
     path = Path(manifest_path)
     if path.is_dir():
         path = path / MANIFEST_NAME
-    try:
-        m = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise OPDError(f"{path}: cannot read the manifest ({e})", hint="point at the manifest.json a study wrote") from None
+    m = read_json(path, hint="point at the manifest.json a study wrote")
+    if not isinstance(m, dict):
+        raise OPDError(f"{path}: not a study manifest (a JSON object)", hint="point at the manifest.json a study wrote")
     if m.get("tool") != TOOL:
         raise OPDError(f"{path}: written by {m.get('tool')!r}, not by an intervention study",
                        hint="replay reproduces `opd-dynamics interventions ...` results")
