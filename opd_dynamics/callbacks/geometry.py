@@ -36,6 +36,7 @@ DEFAULT = ("spectral_norm", "spectral_ratio", "effective_rank", "stable_rank", "
 
 def _slice(t: torch.Tensor, p: Part) -> torch.Tensor:
     """The part of a stored tensor a module view sees (fused tensors are split, (in, out) layouts transposed)."""
+    t = t if p.index is None else t[p.index]  # one expert of a fused [E, ...] tensor
     if t.ndim != 2:
         return t
     t = t.T if p.transpose else t
@@ -98,7 +99,7 @@ class GeometryCallback(Measured):
 
     @torch.no_grad()
     def rows(self, model, step: int) -> list[tuple]:
-        """Long-table rows ``(run, step, ref_step, module, layer, kind, metric, value)`` of the live model."""
+        """Long-table rows ``(run, step, ref_step, module, layer, expert, kind, metric, value)`` of the live model."""
         if self.base is None:
             self.start(model)  # first use without a training-begin event: W₀ is now
         params = dict(model.named_parameters())
@@ -115,14 +116,14 @@ class GeometryCallback(Measured):
                         continue
                     value = m(view)
                     values = value if isinstance(value, dict) else {info.outputs[0]: value}
-                    out.extend(("live", step, 0, part.name, part.layer, part.kind, k, float(v))
+                    out.extend(("live", step, 0, part.name, part.layer, part.expert, part.kind, k, float(v))
                                for k, v in values.items())
                 del view
         return out
 
     def measure(self, model, step: int) -> dict[str, float]:
         by_metric, by_kind, by_layer = defaultdict(list), defaultdict(list), defaultdict(list)
-        for *_, layer, kind, metric, value in self.rows(model, step):
+        for *_, layer, _expert, kind, metric, value in self.rows(model, step):
             if math.isnan(value):
                 continue  # a zero update: left out of the means, as in table1
             by_metric[metric].append(value)
