@@ -7,6 +7,7 @@ Public surface::
     open_run(dir, base=...)         discover checkpoints of one run
     Checkpoint(dir)                 one model directory, read tensor by tensor
     metric, Spec, available_metrics plug-in registry
+    watch(run_or_results, ...)      a live run's metrics against step, redrawn in place in a notebook
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ _LAZY = {
     "COLUMNS": (".table", "COLUMNS"),
     "load": (".table", "load"),
     "validate": (".table", "validate"),
+    "watch": (".notebook", "watch"),
 }
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
@@ -38,11 +40,12 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
     from .metrics.registry import Spec, metric
     from .metrics.registry import available as available_metrics
     from .summary import table1
+    from .notebook import watch
     from .table import COLUMNS, load, validate
 
 __version__ = "0.1.0"
 __all__ = ["analyze", "table1", "open_run", "Run", "Checkpoint", "metric", "Spec", "available_metrics",
-           "COLUMNS", "load", "validate", "OPDError", "CheckpointError", "SelectionError", "__version__"]
+           "COLUMNS", "load", "validate", "watch", "OPDError", "CheckpointError", "SelectionError", "__version__"]
 
 
 def __getattr__(name: str):

@@ -81,7 +81,11 @@ class Memo:
 
     def __init__(self, out: str | os.PathLike, runs, specs, settings: dict[str, Any], *, reuse: bool = True):
         self.dir = Path(out) / CACHE_DIR
-        self.specs = [json.dumps(s.to_json(), sort_keys=True) for s in specs]
+        from .metrics.registry import settings_suffixes
+
+        # a cell's rows carry the metric's name as labelled in this analysis (``name[setting]`` when asked twice)
+        self.specs = [json.dumps({**s.to_json(), "label": suffix}, sort_keys=True)
+                      for s, suffix in zip(specs, settings_suffixes(specs))]
         self.trajectory = [s.info.trajectory for s in specs]
         self.settings = json.dumps(settings, sort_keys=True, default=str)
         self.reuse = reuse
@@ -97,13 +101,14 @@ class Memo:
                 self._old = pd.read_parquet(self.dir / CELLS)[[*COLUMNS, SPEC, KEY]]
             except Exception:  # a damaged cache is not an error: everything is recomputed
                 self._old = pd.DataFrame()
+            n, metric = len(COLUMNS), COLUMNS.index("metric")
             for r in self._old.itertuples(index=False, name=None):  # COLUMNS..., spec, key
-                k = (r[0], r[3], int(r[1]), int(r[2]), r[8])
+                k = (r[0], r[3], int(r[1]), int(r[2]), r[n])
                 cell = self._cells.get(k)
                 if cell is None:
-                    cell = self._cells[k] = (r[9], [])
-                if isinstance(r[6], str):  # not the marker of a cell without rows
-                    cell[1].append(tuple(r[:8]))
+                    cell = self._cells[k] = (r[n + 1], [])
+                if isinstance(r[metric], str):  # not the marker of a cell without rows
+                    cell[1].append(tuple(None if x is pd.NA else x for x in r[:n]))
         self._states: dict[tuple, tuple[str, Any]] = {}   # (module, spec, step, ref) -> (key, state), one tensor
         self._new: list[tuple] = []                       # rows of the cells this analysis used, with spec and key
         self.computed = 0                                 # cells computed (tests and the CLI's summary)
@@ -244,7 +249,8 @@ class Memo:
             old = old[mark]
         table = pd.concat([new, old[cols]], ignore_index=True) if len(old) else new
         table = table.astype({"run": "string", "module": "string", "kind": "string", "metric": "string",
-                              SPEC: "string", KEY: "string", "layer": "Int64", "value": "float64"})
+                              SPEC: "string", KEY: "string", "layer": "Int64", "expert": "Int64",
+                              "value": "float64"})
         states = target / "states"
         states.mkdir(parents=True, exist_ok=True)
         for name, staged in self._staged.items():
@@ -292,5 +298,5 @@ def _link_or_copy(src: str, dst: str) -> None:
 def _with(rows: list[tuple], run: str, part, step: int, ref: int, spec: str, key: str) -> list[tuple]:
     """Cell rows with spec and key; a cell without rows (a matrix metric on a vector) keeps one marker row."""
     if not rows:
-        return [(run, step, ref, part.name, part.layer, part.kind, None, float("nan"), spec, key)]
+        return [(run, step, ref, part.name, part.layer, part.expert, part.kind, None, float("nan"), spec, key)]
     return [(*r, spec, key) for r in rows]

@@ -284,7 +284,7 @@ class InterventionEngine:
                 self.stats["eval_s"] += time.perf_counter() - t0
             info = self.last
             for metric, value in scores + [(UPDATE_NORM, info.update_norm)]:
-                rows.append((run.name, info.step, 0, plan.module, plan.layer, None, metric, value))
+                rows.append((run.name, info.step, 0, plan.module, plan.layer, None, None, metric, value))
         return from_rows(rows)
 
 

@@ -9,11 +9,19 @@ or from ``config.json``; otherwise they are reported whole as kind ``other`` —
 [('model.layers.3.self_attn.q_proj.weight', 3, 'attn_q')]
 >>> [(p.name, p.kind, p.rows) for p in parts("transformer.h.0.attn.c_attn.weight", (4, 12))]
 [('transformer.h.0.attn.c_attn.weight[q]', 'attn_q', (0, 4)), ('transformer.h.0.attn.c_attn.weight[k]', 'attn_k', (4, 8)), ('transformer.h.0.attn.c_attn.weight[v]', 'attn_v', (8, 12))]
+
+Mixture-of-experts: a per-expert matrix (Qwen3-MoE ``mlp.experts.E.gate_proj``, Mixtral
+``block_sparse_moe.experts.E.w1``) carries its expert index; a fused 3-D expert tensor (transformers' in-memory
+``mlp.experts.gate_up_proj`` [E, 2I, H] and ``down_proj`` [E, H, I], as FSDP state dicts hold them) becomes one
+part per expert (``index`` = its slab) — never one 3-D "matrix"; the router (``mlp.gate``) is kind ``router``.
+
+>>> [(p.name, p.expert, p.kind, p.index, p.rows) for p in parts("model.layers.0.mlp.experts.gate_up_proj", (2, 8, 4), {"hidden_size": 4})][:2]
+[('model.layers.0.mlp.experts.gate_up_proj[0][gate]', 0, 'mlp_gate', 0, (0, 4)), ('model.layers.0.mlp.experts.gate_up_proj[0][up]', 0, 'mlp_up', 0, (4, 8))]
 """
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
 # (family, regex on the tensor name, kind, layout). First match wins, so specific rows come first.
@@ -22,6 +30,13 @@ from typing import Any, Mapping
 NAME_TABLE: tuple[tuple[str, str, str, str], ...] = (
     # biases of any family (Qwen2 q/k/v bias, GPT-2 everything)
     ("any", r"\.bias$", "bias", "vector"),
+    # mixture-of-experts routers (Qwen2/3-MoE, DeepSeek, Mixtral) and fused 3-D expert tensors [E, ...]
+    ("moe", r"\.mlp\.(gate|shared_expert_gate)\.weight$", "router", "linear"),
+    ("mixtral", r"\.block_sparse_moe\.gate\.weight$", "router", "linear"),
+    ("moe", r"\.experts\.gate_up_proj$", "mlp_gate_up", "experts_gate_up"),
+    ("moe", r"\.experts\.down_proj$", "mlp_down", "experts"),
+    ("moe", r"\.experts\.gate_proj$", "mlp_gate", "experts"),
+    ("moe", r"\.experts\.up_proj$", "mlp_up", "experts"),
     # Llama / Qwen2 / Qwen3 / Mistral / Gemma (and Mixtral/Qwen-MoE experts)
     ("llama", r"\.self_attn\.q_proj\.weight$", "attn_q", "linear"),
     ("llama", r"\.self_attn\.k_proj\.weight$", "attn_k", "linear"),
@@ -50,6 +65,7 @@ NAME_TABLE: tuple[tuple[str, str, str, str], ...] = (
 )
 _COMPILED = tuple((fam, re.compile(rx), kind, layout) for fam, rx, kind, layout in NAME_TABLE)
 _LAYER = re.compile(r"\.(?:layers|h|blocks|block|decoder\.layers)\.(\d+)\.")
+_EXPERT = re.compile(r"\.experts\.(\d+)\.")
 
 
 @dataclass(frozen=True)
@@ -57,7 +73,8 @@ class Part:
     """One analysed module: a whole tensor or a known slice of a fused one.
 
     ``rows`` is the row range in the (out, in) orientation, ``None`` for the whole tensor;
-    ``transpose`` says the stored tensor is (in, out) and must be transposed first.
+    ``transpose`` says the stored tensor is (in, out) and must be transposed first; ``index`` picks one slab of
+    a stacked tensor first (an expert of a fused [E, …] tensor); ``expert`` is the expert index (None: dense).
     """
 
     name: str
@@ -66,6 +83,8 @@ class Part:
     kind: str
     rows: tuple[int, int] | None = None
     transpose: bool = False
+    expert: int | None = None
+    index: int | None = None
 
     @property
     def is_body(self) -> bool:
@@ -76,6 +95,12 @@ class Part:
 def layer_of(name: str) -> int | None:
     """0-based transformer block index parsed from a tensor name, or None (embeddings, head, final norm)."""
     m = _LAYER.search("." + name)
+    return int(m.group(1)) if m else None
+
+
+def expert_of(name: str) -> int | None:
+    """Expert index parsed from a per-expert tensor name (``...experts.7.w1.weight`` -> 7), else None."""
+    m = _EXPERT.search("." + name)
     return int(m.group(1)) if m else None
 
 
@@ -108,6 +133,16 @@ def parts(name: str, shape: tuple[int, ...], config: Mapping[str, Any] | None = 
     kind, layout = classify(name)
     layer = layer_of(name)
     ndim = len(shape)
+    if layout in ("experts", "experts_gate_up"):
+        if ndim == 3:
+            return _expert_parts(name, shape, kind, layout, layer, config)
+        return [Part(name, name, layer, "other")]
+    expert = expert_of(name)  # per-expert tensors: the usual parts, tagged with their expert
+    return [p if expert is None else replace(p, expert=expert) for p in _parts(name, shape, kind, layout, layer, config)]
+
+
+def _parts(name, shape, kind, layout, layer, config) -> list[Part]:
+    ndim = len(shape)
     if kind == "other" or ndim != 2:
         if kind in ("attn_qkv", "mlp_gate_up"):
             kind = "other"
@@ -135,7 +170,35 @@ def parts(name: str, shape: tuple[int, ...], config: Mapping[str, Any] | None = 
     return out
 
 
+def _expert_parts(name, shape, kind, layout, layer, config) -> list[Part]:
+    """One part per expert of a fused [E, a, b] tensor; orientation from ``hidden_size``, never guessed."""
+    n_exp, a, b = shape
+    hidden = (config or {}).get("hidden_size")
+    interleaved = (config or {}).get("model_type") == "gpt_oss"  # gate/up interleaved along the last axis
+    # the hidden axis is the input of gate/up and the output of down: it says which way round the slab is stored
+    linear, flipped = (b, a) if layout == "experts_gate_up" or kind != "mlp_down" else (a, b)
+    llama4 = str((config or {}).get("model_type", "")).startswith("llama4")  # stores [E, in, out]
+    if hidden and linear == hidden and not interleaved and not (llama4 and flipped == hidden):
+        transpose, out_dim = False, a            # [E, out, in] (transformers' Qwen3-MoE, Mixtral)
+    elif hidden and flipped == hidden and not interleaved:
+        transpose, out_dim = True, b             # [E, in, out] (Llama 4)
+    else:                                        # unknown or ambiguous orientation: each expert whole, kind other
+        return [Part(f"{name}[{e}]", name, layer, "other", None, False, e, e) for e in range(n_exp)]
+    out = []
+    for e in range(n_exp):
+        if layout == "experts_gate_up" and out_dim % 2 == 0:
+            half = out_dim // 2
+            out += [Part(f"{name}[{e}][gate]", name, layer, "mlp_gate", (0, half), transpose, e, e),
+                    Part(f"{name}[{e}][up]", name, layer, "mlp_up", (half, out_dim), transpose, e, e)]
+        elif layout == "experts_gate_up":
+            out.append(Part(f"{name}[{e}]", name, layer, "other", None, transpose, e, e))
+        else:
+            out.append(Part(f"{name}[{e}]", name, layer, kind, None, transpose, e, e))
+    return out
+
+
 def view(tensor, part: Part):
     """The (out, in) matrix of ``part`` inside a loaded ``tensor`` (a view, no copy where possible)."""
+    tensor = tensor if part.index is None else tensor[part.index]
     t = tensor.T if part.transpose else tensor
     return t if part.rows is None else t[part.rows[0]:part.rows[1]]

@@ -36,7 +36,7 @@ from .errors import OPDError, read_json
 from .io.storage import StorageConfig, as_path, is_remote
 from .outdir import claim
 from .summary import ORDER, table1
-from .table import BODY_KINDS, COLUMNS, DTYPES, KIND, MANIFEST_NAME, METRIC, RUN, STEP, VALUE, validate
+from .table import BODY_KINDS, COLUMNS, DTYPES, EXPERT, KIND, MANIFEST_NAME, METRIC, RUN, STEP, VALUE, validate, with_expert
 
 PathLike = str | os.PathLike
 MARKER = "report.json"
@@ -93,12 +93,13 @@ def load_inputs(paths: Sequence[PathLike], storage: StorageConfig | None = None)
             manifest = f.parent / MANIFEST_NAME
             meta = read_json(manifest, hint="re-run the command that wrote it") if manifest.exists() else None
             tool = (meta or {}).get("tool") if isinstance(meta, dict) else None
-            if set(COLUMNS) <= set(df.columns) and tool not in (None, ANALYZE_TOOL):
+            is_long = set(COLUMNS) - {EXPERT} <= set(df.columns)  # tables from before the expert column too
+            if is_long and tool not in (None, ANALYZE_TOOL):
                 # e.g. an intervention study's raw scores: drawn from the study frame written beside them
                 sources.append({"path": str(f), "kind": f"skipped ({tool} table; its study frame is drawn)"})
                 continue
-            if set(COLUMNS) <= set(df.columns):
-                df = validate(df[list(COLUMNS)].astype(DTYPES))
+            if is_long:
+                df = validate(with_expert(df)[list(COLUMNS)].astype(DTYPES))
                 for run in df[RUN].unique():
                     if run in owner and owner[run] != f:
                         raise OPDError(f"run {run!r} is in both {owner[run]} and {f}",

@@ -1,8 +1,9 @@
 """The one long table every stage reads and writes, its validation, and its Parquet + manifest I/O.
 
-Columns: ``run, step, ref_step, module, layer, kind, metric, value``. ``ref_step`` is the step the
+Columns: ``run, step, ref_step, module, layer, expert, kind, metric, value``. ``ref_step`` is the step the
 update is measured against (0 = the base W₀). ``layer`` is 0-based and missing (<NA>) for modules outside
-the transformer blocks. Wide views are derived for plots (see :func:`pivot`), never stored.
+the transformer blocks; ``expert`` is the mixture-of-experts expert index, missing for dense modules (tables
+written before the column existed load with it missing). Wide views are derived for plots (see :func:`pivot`), never stored.
 """
 from __future__ import annotations
 
@@ -14,13 +15,13 @@ from typing import Any
 
 import pandas as pd
 
-RUN, STEP, REF_STEP, MODULE, LAYER, KIND, METRIC, VALUE = (
-    "run", "step", "ref_step", "module", "layer", "kind", "metric", "value")
-COLUMNS = (RUN, STEP, REF_STEP, MODULE, LAYER, KIND, METRIC, VALUE)
-DTYPES = {RUN: "string", STEP: "int64", REF_STEP: "int64", MODULE: "string", LAYER: "Int64",
+RUN, STEP, REF_STEP, MODULE, LAYER, EXPERT, KIND, METRIC, VALUE = (
+    "run", "step", "ref_step", "module", "layer", "expert", "kind", "metric", "value")
+COLUMNS = (RUN, STEP, REF_STEP, MODULE, LAYER, EXPERT, KIND, METRIC, VALUE)
+DTYPES = {RUN: "string", STEP: "int64", REF_STEP: "int64", MODULE: "string", LAYER: "Int64", EXPERT: "Int64",
           KIND: "string", METRIC: "string", VALUE: "float64"}
 KINDS = ("attn_q", "attn_k", "attn_v", "attn_o", "mlp_gate", "mlp_up", "mlp_down",
-         "embed", "lm_head", "norm", "bias", "other")
+         "embed", "lm_head", "norm", "bias", "router", "other")
 ATTN_KINDS = KINDS[:4]
 MLP_KINDS = KINDS[4:7]
 BODY_KINDS = ATTN_KINDS + MLP_KINDS
@@ -30,8 +31,8 @@ MANIFEST_NAME = "manifest.json"
 def from_rows(rows: list[tuple] | list[dict]) -> pd.DataFrame:
     """Build a validated long table from row tuples in ``COLUMNS`` order (or dicts keyed by column).
 
-    >>> df = from_rows([("opd", 8, 0, "model.layers.0.mlp.up_proj.weight", 0, "mlp_up", "frobenius", 1.5)])
-    >>> list(df.columns) == list(COLUMNS), df.loc[0, "value"]
+    >>> df = from_rows([("opd", 8, 0, "model.layers.0.mlp.up_proj.weight", 0, None, "mlp_up", "frobenius", 1.5)])
+    >>> list(df.columns) == list(COLUMNS), float(df.loc[0, "value"])
     (True, 1.5)
     """
     df = pd.DataFrame(rows, columns=None if rows and isinstance(rows[0], dict) else list(COLUMNS))
@@ -51,7 +52,7 @@ def validate(df: pd.DataFrame) -> pd.DataFrame:
     bad = set(df[KIND].dropna().unique()) - set(KINDS)
     if bad:
         raise ValueError(f"unknown kinds {sorted(bad)}; allowed: {KINDS}")
-    key = [RUN, STEP, REF_STEP, MODULE, METRIC]
+    key = [RUN, STEP, REF_STEP, MODULE, EXPERT, METRIC]
     dup = df.duplicated(key)
     if dup.any():
         raise ValueError(f"duplicate rows for key {key}: first {df.loc[dup, key].iloc[0].tolist()}")
@@ -116,11 +117,18 @@ def load(path: str | os.PathLike) -> pd.DataFrame:
         raise OPDError(f"{p}: no results table here", hint="point at the directory `opd-dynamics analyze -o` wrote")
     try:
         df = pd.read_csv(p) if p.suffix == ".csv" else pd.read_parquet(p)
-        return validate(df[list(COLUMNS)].astype(DTYPES))
+        return validate(with_expert(df)[list(COLUMNS)].astype(DTYPES))
     except Exception as e:  # unreadable, not Parquet, not a long table: one line naming the file
         why = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
         raise OPDError(f"{p}: not a readable results table ({why})",
                        hint="point at the directory `opd-dynamics analyze -o` wrote, or re-run analyze") from None
+
+
+def with_expert(df: pd.DataFrame) -> pd.DataFrame:
+    """A table written before the ``expert`` column existed gains it, missing everywhere (every module dense)."""
+    if EXPERT in df.columns:
+        return df
+    return df.assign(**{EXPERT: pd.Series(pd.NA, index=df.index, dtype="Int64")})
 
 
 def load_manifest(path: str | os.PathLike) -> dict[str, Any]:
@@ -131,7 +139,7 @@ def load_manifest(path: str | os.PathLike) -> dict[str, Any]:
     return read_json((p if p.is_dir() else p.parent) / MANIFEST_NAME, hint="re-run the command that wrote it")
 
 
-def pivot(df: pd.DataFrame, index=(RUN, STEP, MODULE, LAYER, KIND), columns=METRIC) -> pd.DataFrame:
+def pivot(df: pd.DataFrame, index=(RUN, STEP, MODULE, LAYER, EXPERT, KIND), columns=METRIC) -> pd.DataFrame:
     """Wide view: one row per (run, step, module), one column per metric — for plots and notebooks."""
     return df.pivot_table(index=list(index), columns=columns, values=VALUE, dropna=False,
                           observed=True).reset_index()

@@ -26,7 +26,7 @@ def with_sft_and_angles(df: pd.DataFrame) -> pd.DataFrame:
     df = pd.concat([df, sft], ignore_index=True)
     keys = df[df["kind"] != "norm"][["run", "step", "module", "layer", "kind"]].drop_duplicates()
     level = {"opd": 1.0, "rl": 0.3, "sft": 12.0}
-    rows = [(r.run, r.step, 0, r.module, r.layer, r.kind, f"principal_angle_{side}_{stat}",
+    rows = [(r.run, r.step, 0, r.module, r.layer, None, r.kind, f"principal_angle_{side}_{stat}",
              level[r.run] * f * (1 + 0.1 * math.sin(i)))
             for i, r in enumerate(keys.itertuples(index=False)) for stat, f in (("max", 1.0), ("mean", 0.3))
             for side in ("left", "right")]

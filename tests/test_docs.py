@@ -25,7 +25,7 @@ def site(tmp_path_factory):
 
 def test_every_nav_page_is_built(site):
     for page in ("getting-started", "concepts", "figures", "metrics", "reference-runs", "interventions", "effopd",
-                 "performance", "extending", "cli", "api"):
+                 "performance", "extending", "cli", "api", "live-runs"):
         assert (site / page / "index.html").exists(), page
 
 

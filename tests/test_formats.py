@@ -141,7 +141,7 @@ def test_engine_needs_only_the_protocol(tmp_path):
     steps = {1: DictReader(tmp_path, {W: (w0 + u @ v).float()})}
     assert isinstance(base, Reader)
     rows = run_metrics([Run("r", tmp_path, base, steps)], [Spec("frobenius"), Spec("spectral_norm")], progress=False)
-    got = {r[6]: r[-1] for r in rows}
+    got = {r[-2]: r[-1] for r in rows}
     oracle = float(torch.linalg.matrix_norm((u @ v).float().double()))  # rank 1: spectral == Frobenius
     assert got["frobenius"] == pytest.approx(oracle, rel=1e-5) and got["spectral_norm"] == pytest.approx(oracle, rel=1e-5)
     assert base.reads == 1 and steps[1].reads == 1

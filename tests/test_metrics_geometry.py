@@ -83,8 +83,8 @@ def test_row_col_planted_rows():
 def test_overall_sparsity_is_parameter_weighted(tmp_path):
     rows = []
     for module, frac, n in (("a", 0.9, 100), ("b", 0.1, 300), ("c", 0.5, 600)):
-        rows += [("r", 1, 0, module, 0, "mlp_up", "sparsity_bf16", frac),
-                 ("r", 1, 0, module, 0, "mlp_up", "sparsity_bf16_numel", n)]
+        rows += [("r", 1, 0, module, 0, None, "mlp_up", "sparsity_bf16", frac),
+                 ("r", 1, 0, module, 0, None, "mlp_up", "sparsity_bf16_numel", n)]
     got = overall_sparsity(from_rows(rows))
     assert got["sparsity_bf16"].item() == pytest.approx((0.9 * 100 + 0.1 * 300 + 0.5 * 600) / 1000)
 

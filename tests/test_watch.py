@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from opd_dynamics.synthetic import make_synthetic_runs
-from opd_dynamics.watch import Stability, follow, incomplete
+from opd_dynamics.live import Stability, follow, incomplete
 
 WRITER = textwrap.dedent('''
     import json, shutil, sys, time
@@ -60,7 +60,8 @@ def test_cli_watch_follows_a_run_written_by_another_process(source, tmp_path):
     try:
         r = subprocess.run([sys.executable, "-m", "opd_dynamics_cli.app", "analyze", str(run), "--base",
                             str(source["base"]), "-o", str(out), "-m", "frobenius,alignment_to_final", "--watch",
-                            "--until-step", "4", "--interval", "0.2"], capture_output=True, text=True, timeout=120)
+                            "--until-step", "4", "--interval", "0.2", "--report", str(tmp_path / "report")],
+                           capture_output=True, text=True, timeout=180)
     finally:
         writer.wait(timeout=60)
     assert r.returncode == 0, r.stderr
@@ -68,6 +69,7 @@ def test_cli_watch_follows_a_run_written_by_another_process(source, tmp_path):
     df = pd.read_parquet(out / "metrics.parquet")
     assert set(df.step) == {1, 2, 3, 4}  # 8 never completed
     assert r.stderr.count("analysed steps up to") >= 3  # the table was written while the run went on
+    assert (tmp_path / "report" / "index.html").exists()
     fresh = __import__("opd_dynamics").analyze([run], base=source["base"], metrics=["frobenius", "alignment_to_final"],
                                                steps=[1, 2, 3, 4], progress=False)
     pd.testing.assert_frame_equal(pd.read_parquet(out / "metrics.parquet").astype(fresh.dtypes.to_dict()), fresh)
@@ -95,3 +97,78 @@ def test_follow_stops_on_ctrl_c_and_at_until_step(source, tmp_path):
     assert follow(source["opd"], calls.append, interval=0, sleep=interrupt, echo=lambda m: None) == []
     done = follow(source["opd"], calls.append, interval=0, until_step=3, sleep=lambda s: None, echo=lambda m: None)
     assert done == [1, 2, 3, 4, 8] and calls[-1] == done
+
+
+class _Handle:
+    """Stands in for IPython's display handle: records each redraw."""
+
+    def __init__(self):
+        self.figures = []
+
+    def update(self, fig):
+        self.figures.append([ax.get_ylabel() for ax in fig.axes if ax.get_visible()])
+
+
+def test_od_watch_redraws_in_place_as_checkpoints_arrive(source, tmp_path):
+    import shutil
+
+    import opd_dynamics as od
+
+    run = tmp_path / "live"
+    run.mkdir()
+    pending = [1, 2, 3]
+
+    def tick(_):  # the "trainer": one more checkpoint between looks
+        if pending:
+            s = pending.pop(0)
+            shutil.copytree(source["opd"] / f"checkpoint-{s}", run / f"checkpoint-{s}")
+
+    shutil.copytree(source["opd"] / "checkpoint-1", run / "checkpoint-1")
+    pending.pop(0)
+    handle = _Handle()
+    df = od.watch(run, base=source["base"], metrics=["spectral_ratio", "effective_rank"], interval=0,
+                  until_step=3, handle=handle, sleep=tick, out=tmp_path / "res")
+    assert set(df.step) == {1, 2, 3} and len(handle.figures) == 3
+    assert len(handle.figures[-1]) == 2
+    again = _Handle()  # a results directory written by another process: drawn from its table
+    od.watch(tmp_path / "res", metrics=["spectral_ratio"], until_step=3, handle=again, sleep=lambda s: None)
+    assert len(again.figures) == 1
+
+
+def test_follow_analyses_a_checkpoint_rewritten_in_place_again(source, tmp_path):
+    import os
+    import shutil
+
+    run = tmp_path / "live"
+    shutil.copytree(source["opd"] / "checkpoint-1", run / "checkpoint-1")
+    calls, looks = [], []
+
+    def tick(_):
+        looks.append(1)
+        if len(looks) == 3:  # the trainer rewrites checkpoint-1 (same size, new mtime)
+            f = run / "checkpoint-1" / "model.safetensors"
+            st = f.stat()
+            os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+        if len(looks) > 6:
+            raise KeyboardInterrupt
+
+    follow(run, calls.append, interval=0, sleep=tick, echo=lambda m: None)
+    assert calls == [[1], [1]]
+
+
+def test_cli_watch_exits_cleanly_on_ctrl_c(source, tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "res"
+    p = subprocess.Popen([sys.executable, "-m", "opd_dynamics_cli.app", "analyze", str(source["opd"]), "--base",
+                          str(source["base"]), "-o", str(out), "-m", "frobenius", "--watch", "--interval", "0.2"],
+                         stderr=subprocess.PIPE, text=True)
+    end = time.time() + 120
+    while not (out / "manifest.json").exists() and time.time() < end and p.poll() is None:
+        time.sleep(0.2)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    assert "stopped watching" in err and "Traceback" not in err
+    assert set(pd.read_parquet(out / "metrics.parquet").step) == {1, 2, 3, 4, 8}

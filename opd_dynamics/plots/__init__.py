@@ -1,6 +1,6 @@
 """Paper figures: one function per figure, each taking a table and returning a matplotlib ``Figure``.
 
-Analysis figures take the long table (``run, step, ref_step, module, layer, kind, metric, value``);
+Analysis figures take the long table (``run, step, ref_step, module, layer, expert, kind, metric, value``);
 intervention and EffOPD figures take a study frame (:mod:`opd_dynamics.plots.frames`). Every function
 accepts ``colors={run: colour}`` so that a report keeps one colour per run across figures (default:
 the fixed Okabe–Ito colour of the method: OPD blue, RL vermillion, SFT green). A table that lacks what a

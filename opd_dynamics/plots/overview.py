@@ -1,6 +1,6 @@
 """Run-level figures: EffOPD Table 1 as grouped bars, and any metric against training step.
 
-Input: the long table (``run, step, ref_step, module, layer, kind, metric, value``). Means are
+Input: the long table (``run, step, ref_step, module, layer, expert, kind, metric, value``). Means are
 unweighted over attention + MLP matrices, as in :func:`opd_dynamics.table1`.
 """
 from __future__ import annotations
