@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -74,7 +73,9 @@ def child(kind: str, fmt: str, d: Path) -> dict:
         df = analyze([run], base=d / "base", progress=False, device="cpu")
         out = {"rows": len(df)}
     out["s"] = time.perf_counter() - t0
-    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss across fork + exec, so a child would report its parent's peak
+    out["peak_rss_mb"] = next(int(line.split()[1]) for line in open("/proc/self/status")
+                              if line.startswith("VmHWM")) / 1024
     out["torch"] = torch.__version__
     return out
 
