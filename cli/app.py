@@ -66,6 +66,7 @@ def analyze(
     until_step: Annotated[Optional[int], typer.Option("--until-step", help="--watch: stop once a step >= this is analysed.")] = None,
     interval: Annotated[float, typer.Option(help="--watch: seconds between looks (a checkpoint is ready when its file sizes held over one).")] = 5.0,
     report_dir: Annotated[Optional[Path], typer.Option("--report", help="Also (re)write the HTML report here after each analysis.")] = None,
+    executor: Annotated[str, typer.Option(help="local, processes[:N] (N worker processes; one per GPU with --device cuda) or ray[:ADDRESS] (auto, ray://host:port; options ,num_cpus=1,num_gpus=0.25). Same table from each.")] = "local",
 ) -> None:
     """Compute update-geometry metrics for every module at every saved step; print the Table-1 summary."""
     from opd_dynamics import analyze as run_analyze
@@ -81,7 +82,7 @@ def analyze(
         df = run_analyze(runs, base=_one_or_many(base), names=name, metrics=specs, select=select,
                          against=_against(against), steps=only_steps, device=device, spectrum_method=spectrum,
                          allow_pickle=allow_pickle, nonfinite=nonfinite, lora_scaling=lora_scaling, out=out, csv=csv,
-                         progress=progress, cache=not no_cache, storage=storage)
+                         progress=progress, cache=not no_cache, storage=storage, executor=executor)
         if report_dir is not None:
             from opd_dynamics.report import build_report
 
