@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import platform
+import sys
 from collections import Counter
 from contextlib import nullcontext
 from importlib import metadata
@@ -211,3 +212,15 @@ def _version() -> str:
         return metadata.version("opd-dynamics")
     except metadata.PackageNotFoundError:
         return "unknown"
+
+
+class _CallableModule(type(sys.modules[__name__])):
+    """``opd_dynamics.analyze`` names both this module and the function (lazily exported by the package). Importing
+    the module (``from .analyze import resolve_device``) makes the package attribute the module, so a later
+    ``from opd_dynamics import analyze`` would get a module: calling it calls :func:`analyze`."""
+
+    def __call__(self, *args, **kwargs):
+        return analyze(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
