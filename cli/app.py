@@ -45,7 +45,7 @@ def analyze(
     base: Annotated[Optional[list[str]], typer.Option("--base", "-b", help=BASE_HELP + " Once for all runs or once per run; a path or a URL.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write metrics.parquet + manifest.json here.")] = None,
     name: Annotated[Optional[list[str]], typer.Option("--name", help="Label for each run (default: directory name).")] = None,
-    metrics: Annotated[Optional[str], typer.Option("--metrics", "-m", help="Comma-separated metric specs, e.g. spectral_norm,alignment_to_final:k=10 (see list-metrics).")] = None,
+    metrics: Annotated[Optional[list[str]], typer.Option("--metrics", "--metric", "-m", help="Metric specs NAME[:KEY=VALUE,...], comma-separated and/or repeated: an item with '=' and no ':' continues the spec before it, e.g. -m spectral_norm,alignment_to_final:k=10,side=right -m alignment_to_final:mode=subspace (see list-metrics; docs/metrics.md).")] = None,
     select: Annotated[Optional[list[str]], typer.Option("--select", "-s", help="kind=attn_q,mlp_* | layer=0-11 | name=REGEX | matrix; repeat to combine.")] = None,
     against: Annotated[str, typer.Option(help="base (W_t - W0), prev (W_t - W_t') or a step number.")] = "base",
     steps: Annotated[Optional[str], typer.Option(help="Only these steps, e.g. 1,2,4,8.")] = None,
@@ -66,6 +66,7 @@ def analyze(
     until_step: Annotated[Optional[int], typer.Option("--until-step", help="--watch: stop once a step >= this is analysed.")] = None,
     interval: Annotated[float, typer.Option(help="--watch: seconds between looks (a checkpoint is ready when its file sizes held over one).")] = 5.0,
     report_dir: Annotated[Optional[Path], typer.Option("--report", help="Also (re)write the HTML report here after each analysis.")] = None,
+    executor: Annotated[str, typer.Option(help="local, processes[:N] (N worker processes; one per GPU with --device cuda) or ray[:ADDRESS] (auto, ray://host:port; options ,num_cpus=1,num_gpus=0.25). Same table from each.")] = "local",
 ) -> None:
     """Compute update-geometry metrics for every module at every saved step; print the Table-1 summary."""
     from opd_dynamics import analyze as run_analyze
@@ -73,7 +74,7 @@ def analyze(
     from opd_dynamics.io.storage import StorageConfig, parse_options
     from opd_dynamics.summary import format_table, table1
 
-    specs = [Spec.parse(m) for m in _split_specs(metrics)] if metrics else None
+    specs = [Spec.parse(m) for text in metrics for m in _split_specs(text)] if metrics else None
     storage = StorageConfig(options=parse_options(storage_option), retries=retries, cache_tensors=remote_cache_tensors,
                             cache_dir=False if no_remote_cache else remote_cache_dir)
 
@@ -81,7 +82,7 @@ def analyze(
         df = run_analyze(runs, base=_one_or_many(base), names=name, metrics=specs, select=select,
                          against=_against(against), steps=only_steps, device=device, spectrum_method=spectrum,
                          allow_pickle=allow_pickle, nonfinite=nonfinite, lora_scaling=lora_scaling, out=out, csv=csv,
-                         progress=progress, cache=not no_cache, storage=storage)
+                         progress=progress, cache=not no_cache, storage=storage, executor=executor)
         if report_dir is not None:
             from opd_dynamics.report import build_report
 
@@ -194,14 +195,25 @@ _mount_subcommands()
 
 
 def _split_specs(text: str) -> list[str]:
-    """Split ``a,b:k=1,side=left,c`` into specs: a comma starts a new spec only before a name without '='."""
+    """Split one ``--metrics`` value into specs (grammar in docs/metrics.md).
+
+    ``LIST := SPEC ("," SPEC)*``, ``SPEC := NAME [":" KEY "=" VALUE ("," KEY "=" VALUE)*]``: an item holding '=' but
+    no ':' continues the settings of the spec before it, any other item starts a new spec, so ``a,b:k=1,side=left,c``
+    is three specs. A value cannot hold ','; repeat ``-m`` to give specs one by one.
+    """
     out: list[str] = []
-    for piece in text.split(","):
-        if out and "=" in piece and ":" in out[-1] and ":" not in piece:
+    for piece in (p.strip() for p in text.split(",")):
+        if not piece:
+            continue
+        if "=" in piece and ":" not in piece:
+            if not out or ":" not in out[-1]:
+                after = f"after {out[-1]!r}" if out else "first"
+                raise OPDError(f"--metrics {text!r}: setting {piece!r} comes {after}, not after NAME:",
+                               hint=f"write NAME:{piece} (e.g. {out[-1] if out else 'alignment_to_final'}:{piece})")
             out[-1] += "," + piece
         else:
             out.append(piece)
-    return [p.strip() for p in out if p.strip()]
+    return out
 
 
 def _int_list(text: str | None, flag: str) -> list[int] | None:

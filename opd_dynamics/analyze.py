@@ -12,9 +12,11 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import platform
+import sys
 from collections import Counter
 from contextlib import nullcontext
 from importlib import metadata
+from concurrent.futures import Executor
 from typing import Sequence
 
 import pandas as pd
@@ -24,7 +26,7 @@ from .engine import run_metrics
 from .errors import OPDError
 from .io.discovery import Run, open_run
 from .io.storage import StorageConfig, as_path, is_remote
-from .metrics.registry import DEFAULT_METRICS, Spec
+from .metrics.registry import DEFAULT_METRICS, Spec, unique_specs
 from .select import Selector
 from .outdir import claim
 from .table import from_rows, table_files
@@ -42,11 +44,21 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def _device(device: str, executor) -> torch.device:
+    """The device tasks use; on a Ray cluster ``cuda`` names the workers' GPUs, which this driver may lack."""
+    if isinstance(executor, str) and executor.startswith("ray") and device.startswith("cuda"):
+        return torch.device(device)
+    return resolve_device(device)
+
+
 def _specs(metrics: Sequence[str | Spec] | None) -> list[Spec]:
+    """Parsed, checked specs; one metric may appear with several settings (labelled apart in the table), an exact
+    repeat is dropped."""
     specs = [m if isinstance(m, Spec) else Spec.parse(m) for m in (metrics or DEFAULT_METRICS)]
     for s in specs:
+        s.check()
         s.build()  # unknown names and bad settings fail here, before any reading
-    return specs
+    return unique_specs(specs)
 
 
 def open_runs(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] | None = None,
@@ -117,7 +129,8 @@ def analyze(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] | 
             steps: Sequence[int] | None = None, device: str = "auto", spectrum_method: str = "gram",
             allow_pickle: bool = False, nonfinite: str = "error", lora_scaling: float | None = None,
             storage: StorageConfig | dict | None = None, out: PathLike | None = None, csv: bool = False,
-            progress: bool = True, cache: bool = True, skip_incomplete: bool = True) -> pd.DataFrame:
+            progress: bool = True, cache: bool = True, skip_incomplete: bool = True,
+            executor: str | Executor | None = None) -> pd.DataFrame:
     """Compute update-geometry metrics for every module at every saved step of one or more runs.
 
     Args:
@@ -148,6 +161,10 @@ def analyze(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] | 
             ones (:mod:`opd_dynamics.cache`); False computes everything afresh (and rewrites the cache).
         skip_incomplete: leave out (with a warning) checkpoints still being written instead of failing;
             ``df.attrs["skipped"]`` then lists them as ``run/step: reason``.
+        executor: where the work runs (:mod:`opd_dynamics.executors`): ``"local"`` (default, this process),
+            ``"processes[:N]"`` (N worker processes; one per GPU with ``device="cuda"``), ``"ray[:ADDRESS]"``
+            (``auto``, ``ray://host:port``, or a local cluster started for the call; ``,num_gpus=0.25`` etc.),
+            or any ``concurrent.futures.Executor``. Every one gives the same table.
 
     Returns:
         The long table ``run, step, ref_step, module, layer, expert, kind, metric, value``.
@@ -155,7 +172,7 @@ def analyze(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] | 
     with claim(out) if out is not None else nullcontext() as claimed:  # -o checked and locked before any reading
         specs = _specs(metrics)
         selector = select if isinstance(select, Selector) else Selector.parse(list(select or []))
-        dev = resolve_device(device)
+        dev = _device(device, executor)
         runs = open_runs(paths, base=base, names=names, steps=steps, allow_pickle=allow_pickle,
                          lora_scaling=lora_scaling, storage=storage, skip_incomplete=skip_incomplete)
         memo = None
@@ -167,7 +184,8 @@ def analyze(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] | 
                         reuse=cache)
         try:
             rows = run_metrics(runs, specs, selector=selector, against=against, device=dev,
-                               spectrum_method=spectrum_method, nonfinite=nonfinite, progress=progress, memo=memo)
+                               spectrum_method=spectrum_method, nonfinite=nonfinite, progress=progress, memo=memo,
+                               executor=executor)
         except BaseException:
             if memo is not None:
                 memo.discard()
@@ -178,6 +196,8 @@ def analyze(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] | 
             files = table_files(df, manifest(runs, specs, select=selector.to_json(), against=against,
                                              device=str(dev), spectrum_method=spectrum_method, nonfinite=nonfinite,
                                              lora_scaling=lora_scaling, rows=len(df), skipped=skipped,
+                                             executor=executor if isinstance(executor, (str, type(None)))
+                                             else type(executor).__name__,
                                              cells={"computed": memo.computed, "reused": memo.reused}), csv=csv)
             try:
                 claimed.commit({**files, CACHE_DIR: lambda p: memo.save(into=p)})  # the cache travels with the table
@@ -192,3 +212,15 @@ def _version() -> str:
         return metadata.version("opd-dynamics")
     except metadata.PackageNotFoundError:
         return "unknown"
+
+
+class _CallableModule(type(sys.modules[__name__])):
+    """``opd_dynamics.analyze`` names both this module and the function (lazily exported by the package). Importing
+    the module (``from .analyze import resolve_device``) makes the package attribute the module, so a later
+    ``from opd_dynamics import analyze`` would get a module: calling it calls :func:`analyze`."""
+
+    def __call__(self, *args, **kwargs):
+        return analyze(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -81,7 +81,11 @@ class Memo:
 
     def __init__(self, out: str | os.PathLike, runs, specs, settings: dict[str, Any], *, reuse: bool = True):
         self.dir = Path(out) / CACHE_DIR
-        self.specs = [json.dumps(s.to_json(), sort_keys=True) for s in specs]
+        from .metrics.registry import settings_suffixes
+
+        # a cell's rows carry the metric's name as labelled in this analysis (``name[setting]`` when asked twice)
+        self.specs = [json.dumps({**s.to_json(), "label": suffix}, sort_keys=True)
+                      for s, suffix in zip(specs, settings_suffixes(specs))]
         self.trajectory = [s.info.trajectory for s in specs]
         self.settings = json.dumps(settings, sort_keys=True, default=str)
         self.reuse = reuse

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Literal
 
 import torch
 
@@ -189,7 +189,8 @@ def revert_edit():
 
 
 @edit("spectral", matrix=True)
-def spectral_edit(percent: float = 10.0, which: str = "top", rescale: bool = False, basis: str = "rank"):
+def spectral_edit(percent: float = 10.0, which: Literal["top", "bottom"] = "top", rescale: bool = False,
+                  basis: Literal["rank", "min_dim"] = "rank"):
     """Keep the top-k% / bottom-k% singular components of ΔW, optionally rescaled to ‖ΔW‖_F (EffOPD Fig. 3)."""
     spectral_keep(torch.eye(2, dtype=torch.float64), percent, which, rescale, basis)  # bad settings fail at build
     return lambda w0, d, others: spectral_keep(d, percent, which, rescale, basis)
@@ -207,7 +208,7 @@ def norm_rescale_edit(beta: float = 1.0, target: str = "final"):
 
 
 @edit("project", matrix=True)
-def project_edit(onto: str = "20%", k: int = 16, side: str = "right"):
+def project_edit(onto: str = "20%", k: int = 16, side: Literal["left", "right"] = "right"):
     """X V_K V_Kᵀ onto the top-K right (or left) singular subspace of the update at step ``onto`` (Geometry of OPD)."""
     if side not in ("left", "right"):
         raise SelectionError(f"project edit: side={side!r} not understood", hint="use right or left")

@@ -107,27 +107,34 @@ def complete_steps(root: str | Path, steps: list[int] | None = None) -> tuple[li
     return keep, bad
 
 
-def _sizes(d: Path) -> dict[str, int]:
+def _sizes(d: Path) -> dict[str, tuple[int, int]]:
+    """(size, mtime_ns) of every file under ``d``."""
     out = {}
     for p in sorted(d.rglob("*")):
         try:
             if p.is_file():
-                out[str(p)] = p.stat().st_size
+                st = p.stat()
+                out[str(p)] = (st.st_size, st.st_mtime_ns)
         except OSError:
-            out[str(p)] = -1
+            out[str(p)] = (-1, -1)
     return out
 
 
 class Stability:
-    """Remembers each checkpoint's file sizes between polls: ready when complete and unchanged since the last look."""
+    """Remembers each checkpoint's file sizes and mtimes between polls: ready when complete and unchanged since the
+    last look."""
 
     def __init__(self):
-        self._seen: dict[Path, dict[str, int]] = {}
+        self._seen: dict[Path, dict[str, tuple[int, int]]] = {}
 
     def ready(self, d: Path) -> bool:
         sizes = _sizes(d)
         last, self._seen[d] = self._seen.get(d), sizes
         return last == sizes and incomplete(d) is None
+
+    def files(self, d: Path) -> dict[str, tuple[int, int]]:
+        """What the last look saw under ``d`` (a rewritten checkpoint looks different)."""
+        return self._seen.get(d, {})
 
 
 def follow(root: str | Path, analyse: Callable[[list[int]], object], *, interval: float = 2.0,
@@ -138,7 +145,7 @@ def follow(root: str | Path, analyse: Callable[[list[int]], object], *, interval
     Stops after a step ≥ ``until_step`` has been analysed, after ``timeout`` seconds, or on Ctrl-C (cleanly:
     whatever was written stays a complete table). Returns the steps analysed last.
     """
-    stable, done, start = Stability(), [], time.monotonic()
+    stable, done, seen, start = Stability(), [], None, time.monotonic()
     try:
         while True:
             try:
@@ -148,9 +155,10 @@ def follow(root: str | Path, analyse: Callable[[list[int]], object], *, interval
             except Exception:  # noqa: BLE001 — nothing saved yet
                 found = {}
             ready = sorted(s for s, d in found.items() if s != 0 and stable.ready(d))
-            if ready and ready != done:
+            now = {s: stable.files(found[s]) for s in ready}  # a checkpoint rewritten in place is analysed again
+            if ready and now != seen:
                 analyse(ready)
-                done = ready
+                done, seen = ready, now
                 echo(f"analysed steps up to {ready[-1]} ({len(ready)} checkpoints)")
             if until_step is not None and done and done[-1] >= until_step:
                 return done

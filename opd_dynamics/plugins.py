@@ -10,6 +10,8 @@ from __future__ import annotations
 import difflib
 import inspect
 import json
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Mapping
 
@@ -42,14 +44,65 @@ def lookup(name: str, known: Mapping[str, Any], what: str, more: str = "") -> An
 
 
 def check_settings(factory: Callable, args: Mapping[str, Any], name: str, what: str, *leading) -> None:
-    """Fail with a clear error when ``factory`` does not take these keyword settings."""
+    """Fail with a clear error when ``factory`` does not take these keyword settings, or a value does not fit its
+    annotation (``int``, ``float``, ``bool``, ``str``, ``Literal[...]``, ``X | None``; others are not checked).
+
+    >>> from typing import Literal
+    >>> def f(k: int = 20, mode: Literal["paired", "subspace"] = "paired"): ...
+    >>> check_settings(f, {"mode": "diagonal"}, "f", "metric")
+    Traceback (most recent call last):
+    ...
+    opd_dynamics.errors.SelectionError: metric 'f' setting mode='diagonal': expected one of 'paired', 'subspace' (fix: its settings are {'k': 20, 'mode': 'paired'})
+    """
+    sig = inspect.signature(factory)
+    defaults = {p.name: p.default for p in sig.parameters.values() if p.default is not inspect.Parameter.empty}
     try:
-        inspect.signature(factory).bind(*leading, **args)
+        sig.bind(*leading, **args)
     except TypeError:
-        params = inspect.signature(factory).parameters.values()
-        defaults = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
         raise SelectionError(f"{what} {name!r} does not take settings {sorted(args)}",
                              hint=f"its settings are {defaults}") from None
+    try:
+        hints = typing.get_type_hints(factory)
+    except Exception:  # an annotation that does not resolve (a plug-in's forward reference): skip the type check
+        hints = {}
+    for key, value in args.items():
+        ann = hints.get(key)
+        if ann is not None and not _fits(value, ann):
+            fix = f"its settings are {defaults}"
+            if isinstance(value, str) and any(c in value for c in ";:="):
+                fix = f"write settings as {name}:key=value,key=value; " + fix
+            raise SelectionError(f"{what} {name!r} setting {key}={value!r}: expected {_describe(ann)}", hint=fix)
+
+
+def _fits(value: Any, ann: Any) -> bool:
+    origin, args = typing.get_origin(ann), typing.get_args(ann)
+    if ann is Any:
+        return True
+    if origin is typing.Literal:
+        return any(value == a and type(value) is type(a) for a in args)
+    if origin is typing.Union or isinstance(ann, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if ann is type(None):
+        return value is None
+    if ann is bool:
+        return isinstance(value, bool)
+    if ann is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if ann is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ann is str:
+        return isinstance(value, str)
+    return True  # containers, classes: the factory checks them itself
+
+
+def _describe(ann: Any) -> str:
+    origin, args = typing.get_origin(ann), typing.get_args(ann)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin is typing.Union or isinstance(ann, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+            type(None): "null"}.get(ann, str(ann))
 
 
 def _coerce(text: str) -> Any:
@@ -80,7 +133,15 @@ class PluginSpec:
             if not eq:
                 raise SelectionError(f"{cls.KIND} setting {item!r} in {text!r} lacks '='", hint="write name:key=value")
             args[key.strip()] = _coerce(value.strip())
-        return cls(name.strip(), args)
+        spec = cls(name.strip(), args)
+        spec.check()  # unknown names, settings and values fail when parsed, not when used
+        return spec
+
+    LEADING: ClassVar[tuple] = ()  # positional arguments the factory takes before its settings
+
+    def check(self) -> None:
+        """Fail on an unknown name, an unknown setting or a value that does not fit the factory's annotation."""
+        check_settings(self.info.factory, self.args, self.name, self.KIND, *self.LEADING)
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "args": dict(self.args)}

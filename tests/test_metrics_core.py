@@ -195,8 +195,10 @@ def test_registry_lists_defaults_and_suggests_names():
         get("spectral_ratoi")
     with pytest.raises(SelectionError, match="does not take settings"):
         Spec("spectral_norm", {"k": 3}).build()
-    with pytest.raises(ValueError, match="mode"):
-        Spec("alignment_to_final", {"mode": "diagonal"}).build()
+    with pytest.raises(SelectionError, match="mode='diagonal': expected one of 'paired', 'subspace'"):
+        Spec("alignment_to_final", {"mode": "diagonal"}).build()  # the user's mistake, not a ValueError traceback
+    with pytest.raises(SelectionError, match="expected an integer"):
+        Spec.parse("alignment_to_final:k=20;mode=subspace")  # checked when parsed
 
 
 def test_spec_roundtrip_and_parse():

@@ -118,6 +118,26 @@ def case_analyze_out_holds_other_files(tmp, runs, res):
     return ["analyze", runs["opd"], "--base", runs["base"]], tmp / "out", "not an opd-dynamics report or result"
 
 
+def case_analyze_invalid_metric_setting(tmp, runs, res):
+    return (["analyze", runs["opd"], "--base", runs["base"], "-m", "alignment_to_final:mode=diagonal"], tmp / "out",
+            "setting mode='diagonal': expected one of 'paired', 'subspace'")
+
+
+def case_analyze_malformed_metric_setting(tmp, runs, res):
+    return (["analyze", runs["opd"], "--base", runs["base"], "-m", "alignment_to_final:k=20;mode=subspace"],
+            tmp / "out", "setting k='20;mode=subspace': expected an integer")
+
+
+def case_analyze_setting_without_a_metric(tmp, runs, res):
+    return (["analyze", runs["opd"], "--base", runs["base"], "-m", "frobenius,k=3"], tmp / "out",
+            "setting 'k=3' comes after 'frobenius'")
+
+
+def case_interventions_invalid_evaluator_setting(tmp, runs, res):
+    return (["interventions", "norm-scaling", runs["opd"], "--base", runs["base"], "--task", "lab:tiny",
+             "-e", "accuracy:split=holdout"], tmp / "out", "setting split='holdout': expected one of 'train'")
+
+
 def case_analyze_unknown_option(tmp, runs, res):
     return ["analyze", runs["opd"], "--base", runs["base"], "--bogus"], tmp / "out", "No such option: --bogus"
 
@@ -131,6 +151,10 @@ def case_show_unreadable_table(tmp, runs, res):
 def case_report_out_is_a_file(tmp, runs, res):
     (tmp / "out").write_text("x")
     return ["report", res], tmp / "out", "exists and is not a directory"
+
+
+def case_report_out_is_its_input(tmp, runs, res):
+    return ["report", res], res, "the report would replace its own data"
 
 
 def case_report_missing_input(tmp, runs, res):
@@ -235,3 +259,25 @@ def test_rerun_replaces_result_whole_with_umask_modes_and_a_named_run(synthetic_
     assert out.stat().st_mode & 0o777 == 0o755
     assert json.loads((out / "manifest.json").read_text())["settings"]["rows"] == len(load(out))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["my-run", "out"]  # no temp or lock left beside -o
+
+
+def test_one_metric_twice_with_different_settings_is_named_apart(synthetic_runs, tmp_path):
+    out = tmp_path / "out"
+    r = run("analyze", synthetic_runs["opd"], "--base", synthetic_runs["base"], "-o", out, "-q",
+            "-m", "spectral_norm,alignment_to_final:k=4", "--metric", "alignment_to_final:k=4,mode=subspace",
+            "-m", "alignment_to_final:k=4,mode=paired")  # an exact repeat (paired is the default) is dropped
+    assert r.returncode == 0, r.stderr
+    df = load(out)
+    # each carries its settings that differ from the defaults (k=20, mode=paired)
+    assert set(df.metric) == {"spectral_norm", "alignment_to_final[k=4]", "alignment_to_final[k=4,mode=subspace]"}
+    a = df[df.metric.str.startswith("alignment_to_final")].pivot_table(index=["module", "step"], columns="metric",
+                                                                         values="value")
+    assert len(a.columns) == 2 and not a.iloc[:, 0].equals(a.iloc[:, 1])  # two different measurements
+
+
+def test_public_analyze_is_the_function_whatever_the_import_order():
+    """Importing the submodule first (as demo and studies do) must not turn ``opd_dynamics.analyze`` into a module."""
+    code = ("import types; from opd_dynamics.analyze import open_runs; import opd_dynamics.demo; "
+            "from opd_dynamics import analyze; assert not isinstance(analyze, types.ModuleType), analyze")
+    r = subprocess.run([CLI[0], "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr

@@ -133,3 +133,42 @@ def test_od_watch_redraws_in_place_as_checkpoints_arrive(source, tmp_path):
     again = _Handle()  # a results directory written by another process: drawn from its table
     od.watch(tmp_path / "res", metrics=["spectral_ratio"], until_step=3, handle=again, sleep=lambda s: None)
     assert len(again.figures) == 1
+
+
+def test_follow_analyses_a_checkpoint_rewritten_in_place_again(source, tmp_path):
+    import os
+    import shutil
+
+    run = tmp_path / "live"
+    shutil.copytree(source["opd"] / "checkpoint-1", run / "checkpoint-1")
+    calls, looks = [], []
+
+    def tick(_):
+        looks.append(1)
+        if len(looks) == 3:  # the trainer rewrites checkpoint-1 (same size, new mtime)
+            f = run / "checkpoint-1" / "model.safetensors"
+            st = f.stat()
+            os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+        if len(looks) > 6:
+            raise KeyboardInterrupt
+
+    follow(run, calls.append, interval=0, sleep=tick, echo=lambda m: None)
+    assert calls == [[1], [1]]
+
+
+def test_cli_watch_exits_cleanly_on_ctrl_c(source, tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "res"
+    p = subprocess.Popen([sys.executable, "-m", "opd_dynamics_cli.app", "analyze", str(source["opd"]), "--base",
+                          str(source["base"]), "-o", str(out), "-m", "frobenius", "--watch", "--interval", "0.2"],
+                         stderr=subprocess.PIPE, text=True)
+    end = time.time() + 120
+    while not (out / "manifest.json").exists() and time.time() < end and p.poll() is None:
+        time.sleep(0.2)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    assert "stopped watching" in err and "Traceback" not in err
+    assert set(pd.read_parquet(out / "metrics.parquet").step) == {1, 2, 3, 4, 8}

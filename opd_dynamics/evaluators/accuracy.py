@@ -9,6 +9,8 @@ the answer extraction are recorded in ``score.details`` (the manifest's ``answer
 """
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 
 from ..lab.generation import generate
@@ -18,7 +20,8 @@ from .registry import evaluator
 
 
 @evaluator("accuracy", higher_is_better=True, bounds=(0.0, 1.0), unit="fraction correct")
-def accuracy(ctx, split: str = "test", limit: int | None = None, samples: int = 0, temperature: float = 1.0,
+def accuracy(ctx, split: Literal["train", "validation", "test"] = "test", limit: int | None = None, samples: int = 0,
+             temperature: float = 1.0,
              seed: int = 0, batch_size: int = 128, max_new_tokens: int | None = None, checker: str = "exact"):
     """Share of greedy (samples=0) or sampled generations the checker accepts (exact: the task's verifier)."""
     check = checkers.build(checker, ctx.task)

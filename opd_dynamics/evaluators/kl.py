@@ -11,6 +11,8 @@ is better like every other evaluator; the reference's log-probs are computed onc
 """
 from __future__ import annotations
 
+from typing import Literal
+
 from pathlib import Path
 
 from ..errors import OPDError
@@ -27,7 +29,8 @@ def _load(path: Path, device):
 
 
 @evaluator("kl", higher_is_better=True, bounds=(float("-inf"), 0.0), unit="−KL, nats per token")
-def kl(ctx, reference: str = "teacher", direction: str = "reverse", split: str = "test", limit: int | None = None,
+def kl(ctx, reference: str = "teacher", direction: Literal["reverse", "forward"] = "reverse",
+       split: Literal["train", "validation", "test"] = "test", limit: int | None = None,
        target_field: str = "solution", batch_size: int = 64):
     """Negative mean token KL to a reference model (teacher, final, or a directory) on prompts + reference solutions."""
     if direction not in ("reverse", "forward"):

@@ -6,13 +6,16 @@ token, ≤ 0, higher is better.
 """
 from __future__ import annotations
 
+from typing import Literal
+
 from ._data import batches, examples, special_tokens, target, teacher_forced
 from .registry import evaluator
 
 
 @evaluator("loglik", higher_is_better=True, bounds=(float("-inf"), 0.0), unit="nats per token")
-def loglik(ctx, split: str = "test", limit: int | None = None, target_field: str = "solution",
-           reduce: str = "token", batch_size: int = 128):
+def loglik(ctx, split: Literal["train", "validation", "test"] = "test", limit: int | None = None,
+           target_field: Literal["solution", "answer"] = "solution", reduce: Literal["token", "example"] = "token",
+           batch_size: int = 128):
     """Mean token log-likelihood of reference solutions given prompts (teacher-forced, eos included)."""
     exs = examples(ctx, split, limit)
     special = special_tokens(ctx.task)

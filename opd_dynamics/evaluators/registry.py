@@ -27,7 +27,7 @@ from typing import Any, Callable, ClassVar
 
 import torch
 
-from ..plugins import FactoryFacts, PluginSpec, check_settings, lookup
+from ..plugins import FactoryFacts, PluginSpec, lookup
 
 ENTRY_POINT_GROUP = "opd_dynamics.evaluators"
 
@@ -137,9 +137,7 @@ class EvalSpec(PluginSpec):
     def info(self) -> EvaluatorInfo:
         return get(self.name)
 
-    def check(self) -> None:
-        """Fail on an unknown name or settings before any model is loaded."""
-        check_settings(self.info.factory, self.args, self.name, "evaluator", None)
+    LEADING: ClassVar[tuple] = (None,)  # the EvalContext
 
     def build(self, ctx: EvalContext) -> Evaluator:
         self.check()

@@ -47,6 +47,9 @@ class Run:
     root: Path
     base: Reader
     steps: dict[int, Reader] = field(default_factory=dict)
+    #: the :func:`open_run` arguments that re-open this run elsewhere (a worker process or node): absolute paths,
+    #: the steps found here; ``None`` for a run assembled by hand (such a run is analysed in this process only)
+    source: dict | None = field(default=None, repr=False, compare=False)
 
     @property
     def final_step(self) -> int:
@@ -254,7 +257,15 @@ def open_run(root: str | Path, *, base: str | Path | None = None, name: str | No
             ckpts[s] = formats.open(p, allow_pickle=allow_pickle, base_config=base_ck.config, base=base_ck, **options)
         except CheckpointError as e:
             raise CheckpointError(e.message, hint=_step_hint(s, found, e.hint)) from None
-    return Run(name or run_name(root), root, base_ck, ckpts)
+    source = {"root": _where(root), "base": None if base is None else _where(as_path(base, storage)),
+              "name": name or run_name(root), "steps": sorted(ckpts), "allow_pickle": allow_pickle,
+              "lora_scaling": lora_scaling, "storage": storage}
+    return Run(name or run_name(root), root, base_ck, ckpts, source)
+
+
+def _where(path) -> str:
+    """A path as a worker elsewhere re-opens it: absolute for local paths (not resolved: symlinks stay), URLs as is."""
+    return os.path.abspath(path) if isinstance(path, Path) else str(path)
 
 
 def run_name(root) -> str:

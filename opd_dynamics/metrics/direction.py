@@ -7,6 +7,8 @@ min(k, r_t, r_T) — vectors beyond an update's numerical rank are arbitrary.
 """
 from __future__ import annotations
 
+from typing import Literal
+
 import math
 
 import numpy as np
@@ -62,7 +64,8 @@ class _ToFinal:
 
 
 @metric("alignment_to_final", family="direction", trajectory=True, bounds=(0, 1), paper="EffOPD Fig. 4b")
-def alignment_to_final(k: int = 20, side: str = "left", mode: str = "paired"):
+def alignment_to_final(k: int = 20, side: Literal["left", "right"] = "left",
+                       mode: Literal["paired", "subspace"] = "paired"):
     """Mean |cos| between the i-th top singular vectors of ΔW_t and ΔW_T, i = 1..k (or subspace overlap)."""
     return _ToFinal(k, side, mode)
 

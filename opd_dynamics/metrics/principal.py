@@ -17,6 +17,8 @@ Memory: the cached W₀ factors are (m + n)·min(m, n) float64 values per module
 """
 from __future__ import annotations
 
+from typing import Literal
+
 import math
 
 import numpy as np
@@ -28,6 +30,8 @@ from .sparsity import ATOL_MUKHERJEE, ETA, changed_mask
 
 METHODS = ("svd", "gram")
 REFERENCES = ("base", "ref")
+Method = Literal["svd", "gram"]
+Reference = Literal["base", "ref"]
 
 
 def _check(method: str, reference: str) -> None:
@@ -75,7 +79,7 @@ def angles_degrees(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
         outputs=("principal_angle_left_max", "principal_angle_left_mean",
                  "principal_angle_right_max", "principal_angle_right_mean"),
         bounds=(0, 90), paper="PNT; Geometry of OPD App. C.3")
-def principal_angles(k: int = 512, method: str = "svd", reference: str = "base"):
+def principal_angles(k: int = 512, method: Method = "svd", reference: Reference = "base"):
     """Max and mean principal angle (degrees) between the top-k left and right singular subspaces of W₀ and W_t.
 
     k is capped at min(m, n). A side whose top-k subspace is then its whole space (k = m for the left side,
@@ -109,7 +113,7 @@ def normalized_spectral_shift(s0: np.ndarray, st: np.ndarray) -> float:
 
 @metric("spectral_shift", family="principal", needs_after=True, bounds=(0, math.inf),
         paper="PNT (normalised spectral shift)")
-def spectral_shift(method: str = "svd", reference: str = "base"):
+def spectral_shift(method: Method = "svd", reference: Reference = "base"):
     """NSS = ‖σ(W_t) − σ(W₀)‖₂ / ‖σ(W₀)‖₂ over all min(m, n) singular values, float64."""
     _check(method, reference)
 
@@ -157,7 +161,7 @@ def _masked(view, key: str, fn):
 @metric("principal_mask_overlap", family="principal", needs_after=True,
         outputs=("principal_mask_overlap", "principal_mask_baseline"), bounds=(0, 1),
         paper="PNT; Geometry of OPD App. C.3")
-def principal_mask_overlap(k: int = 64, alpha: float = 0.5, method: str = "svd", tolerance: str = "relative",
+def principal_mask_overlap(k: int = 64, alpha: float = 0.5, method: Method = "svd", tolerance: Tolerance = "relative",
                            eta: float = ETA, atol: float = ATOL_MUKHERJEE):
     """|M_princ ∩ M_upd| / |M_upd|: M_princ = top-α entries of |rank-k reconstruction of W₀|, M_upd = bf16 changes.
 
@@ -182,7 +186,7 @@ def principal_mask_overlap(k: int = 64, alpha: float = 0.5, method: str = "svd",
 @metric("low_magnitude_overlap", family="principal", needs_after=True,
         outputs=("low_magnitude_overlap", "low_magnitude_baseline"), bounds=(0, 1),
         paper="PNT; Geometry of OPD App. C.3")
-def low_magnitude_overlap(alpha: float = 0.5, tolerance: str = "relative", eta: float = ETA,
+def low_magnitude_overlap(alpha: float = 0.5, tolerance: Tolerance = "relative", eta: float = ETA,
                           atol: float = ATOL_MUKHERJEE):
     """|M_low ∩ M_upd| / |M_upd|: M_low = bottom-α entries of |W₀|, M_upd = bf16 changes; baseline |M_low| / N."""
 

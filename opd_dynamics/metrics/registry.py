@@ -15,6 +15,8 @@ Third-party packages register factories under the entry-point group ``opd_dynami
 """
 from __future__ import annotations
 
+import json
+from collections import Counter
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any, Callable, ClassVar, Protocol
@@ -42,6 +44,7 @@ class MetricInfo(FactoryFacts):
     needs_after: bool = False    # needs W_t exactly as stored (not W_ref + ΔW)
     bounds: tuple[float, float] | None = None
     paper: str = ""
+    suffix: str = ""             # appended to the output names when one analysis asks this metric with several settings
 
 
 REGISTRY: dict[str, MetricInfo] = {}
@@ -112,3 +115,31 @@ class Spec(PluginSpec):
 
 DEFAULT_METRICS = ("frobenius", "relative_update", "spectral_norm", "spectral_ratio", "effective_rank",
                    "top1pct_ratio", "stable_rank", "alignment_to_final")
+
+
+def settings_suffixes(specs: list[Spec]) -> list[str]:
+    """The ``metric`` column's name suffix of each spec: '' for a metric asked once; ``[key=value,…]`` (its settings
+    that differ from the defaults) when the same metric is asked several times, so the table names them apart.
+
+    >>> settings_suffixes([Spec("alignment_to_final"), Spec("alignment_to_final", {"mode": "subspace", "k": 20})])
+    ['', '[mode=subspace]']
+    """
+    count = Counter(s.name for s in specs)
+    out = []
+    for s in specs:
+        defaults = s.info.defaults if count[s.name] > 1 else {}
+        diff = {k: v for k, v in sorted(s.args.items()) if k not in defaults or defaults[k] != v}
+        out.append("[" + ",".join(f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in diff.items()) + "]"
+                   if count[s.name] > 1 and diff else "")
+    return out
+
+
+def unique_specs(specs: list[Spec]) -> list[Spec]:
+    """``specs`` without repeats of one metric with the same effective settings (defaults filled in); order kept."""
+    seen, out = set(), []
+    for s in specs:
+        key = (s.name, json.dumps({**s.info.defaults, **s.args}, sort_keys=True, default=str))
+        if key not in seen:
+            seen.add(key)
+            out.append(s)
+    return out

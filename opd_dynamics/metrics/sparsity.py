@@ -12,6 +12,8 @@ beside every value. Cost: a few elementwise passes over the matrix, no decomposi
 """
 from __future__ import annotations
 
+from typing import Literal
+
 import math
 
 import pandas as pd
@@ -22,6 +24,7 @@ from .registry import metric
 ETA = 1e-3            # relative tolerance (PNT / Geometry of OPD)
 ATOL_MUKHERJEE = 1e-5  # absolute tolerance (Mukherjee et al. 2025)
 TOLERANCES = ("relative", "absolute")
+Tolerance = Literal["relative", "absolute"]
 
 
 def bf16_unchanged(w: torch.Tensor, w_hat: torch.Tensor, *, tolerance: str = "relative", eta: float = ETA,
@@ -57,7 +60,7 @@ def _check(tolerance: str) -> None:
 @metric("sparsity_bf16", family="sparsity", matrix=False, needs_after=True,
         outputs=("sparsity_bf16", "sparsity_bf16_numel", "sparsity_bf16_bits"), bounds=(0, 1),
         paper="PNT; Geometry of OPD App. C.3 (absolute: Mukherjee et al. 2025)")
-def sparsity_bf16(tolerance: str = "relative", eta: float = ETA, atol: float = ATOL_MUKHERJEE):
+def sparsity_bf16(tolerance: Tolerance = "relative", eta: float = ETA, atol: float = ATOL_MUKHERJEE):
     """Fraction of entries unchanged at bf16 resolution, with the entry count and the checkpoint's bits per value.
 
     ``tolerance="relative"``: |ŵ − w| ≤ eta·max(|w|, |ŵ|) (eta = 1e-3: bitwise-equal bf16). ``"absolute"``:
@@ -78,7 +81,7 @@ def sparsity_bf16(tolerance: str = "relative", eta: float = ETA, atol: float = A
 
 @metric("row_col_update_ratio", family="sparsity", needs_after=True,
         outputs=("row_update_ratio", "col_update_ratio"), bounds=(0, 1), paper="PNT (update sparsity structure)")
-def row_col_update_ratio(tolerance: str = "relative", eta: float = ETA, atol: float = ATOL_MUKHERJEE):
+def row_col_update_ratio(tolerance: Tolerance = "relative", eta: float = ETA, atol: float = ATOL_MUKHERJEE):
     """Share of rows (output units) and of columns (input features) with at least one bf16-visible change."""
     _check(tolerance)
 
