@@ -35,7 +35,7 @@ def child(root: Path, executor: str, workers: int) -> None:
     if executor == "ray":
         import ray
 
-        ray.init(num_cpus=workers, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+        ray.init(address="local", num_cpus=workers, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
         info["startup"] = time.perf_counter() - t0
         t0 = time.perf_counter()
     spec = {"local": "local", "processes": f"processes:{workers}", "ray": "ray"}[executor]
@@ -47,6 +47,7 @@ def child(root: Path, executor: str, workers: int) -> None:
 def measure(root: Path, executor: str, workers: int, layers: int, steps: int) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     env["RAY_AUTH_MODE"] = "disabled"
+    env["OPD_DYNAMICS_THREADS"] = str(workers) if executor == "local" else ""  # local on all N cores, whatever the load
     allowed = sorted(os.sched_getaffinity(0))
     pin = ["taskset", "-c", ",".join(map(str, allowed[:workers]))] if workers < len(allowed) else []
     out = subprocess.run([*pin, sys.executable, __file__, "--child", executor, str(workers), "--dir", str(root.parent),

@@ -28,6 +28,7 @@ import socket
 import sys
 import warnings
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any, Iterator
@@ -56,13 +57,13 @@ def default_threads(workers: int = 1) -> int:
     caller gave torch (``torch.set_num_threads`` / ``OMP_NUM_THREADS``) and at most the CPUs other jobs leave free
     (the 1-minute load average, scaled to the mask): oversubscribed BLAS/OpenMP threads spin-wait on each other,
     and on a busy 2-core machine two threads each were 28× slower than one (docs/performance.md, "Threads").
-    ``OPD_DYNAMICS_THREADS=N`` overrides the choice.
+    ``OPD_DYNAMICS_THREADS=N`` overrides the choice (still within ``cpus // workers``).
     """
-    forced = os.environ.get("OPD_DYNAMICS_THREADS", "").strip()
-    if forced.isdigit() and int(forced) > 0:
-        return int(forced)
     cpus = cpu_budget()
     per = max(1, cpus // max(1, workers))
+    forced = os.environ.get("OPD_DYNAMICS_THREADS", "").strip()
+    if forced.isdigit() and int(forced) > 0:
+        return min(int(forced), per)
     if workers > 1:
         return per
     try:
@@ -350,8 +351,8 @@ class RayExecutor(Executor):
             kw: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": False}
             if spec.address:
                 kw["address"] = spec.address
-            else:  # a local cluster for this call, on the CPUs this process may use
-                kw.update(num_cpus=spec.workers or cpu_budget(), include_dashboard=False)
+            else:  # a new local cluster for this call (never a stale one), on the CPUs this process may use
+                kw.update(address="local", num_cpus=spec.workers or cpu_budget(), include_dashboard=False)
             ray.init(**kw)
         num_gpus = spec.num_gpus if spec.num_gpus is not None else (1.0 if gpu else 0.0)
         self.options = {"num_cpus": spec.num_cpus, "num_gpus": num_gpus, "max_retries": spec.retries}
@@ -413,7 +414,8 @@ def open_executor(spec: ExecutorSpec, job: Job, sources: list[dict]) -> Iterator
         return
     ex = RayExecutor(spec, gpu=gpu)
     try:
-        ex.probe(sources)
+        if not (ex.own and not spec.address):  # a cluster started here for the call is this machine: nothing to probe
+            ex.probe(sources)
         cpus = ex.ray.cluster_resources().get("CPU", 1)
         yield ex, max(1, int(cpus // max(spec.num_cpus, 1e-9))), max(1, int(spec.num_cpus))
     finally:
@@ -472,6 +474,10 @@ def _gather(ex: Executor, tasks: list[Task], bar) -> list[Result]:
         for fut in as_completed(futures):
             try:
                 res = fut.result()
+            except BrokenProcessPool:
+                raise OPDError("a worker process died (killed, or out of memory); its tensors were not analysed",
+                               hint="use fewer workers (processes:N), or --executor ray, which re-runs the tasks "
+                                    "of a dead worker") from None
             except Exception as e:
                 raise _unwrap(e) from None
             results[futures[fut]] = res

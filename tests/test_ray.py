@@ -197,3 +197,15 @@ def test_a_path_one_node_cannot_see_is_a_one_line_error_naming_it(cluster, synth
                         "--executor", f"ray:{cluster['address']}"], capture_output=True, text=True, timeout=300,
                        env=dict(os.environ, RAY_AUTH_MODE="disabled"))
     assert r.returncode != 0 and f"ray node {cluster['blind'][:12]}" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_plain_ray_starts_its_own_local_cluster_for_the_call(cluster, synthetic_runs):
+    """``--executor ray`` with no address starts a new local cluster (even with another one up on this machine)
+    and stops it afterwards."""
+    if ray.is_initialized():
+        ray.shutdown()
+    kw = dict(base=synthetic_runs["base"], metrics=["frobenius", "alignment_to_final:k=4"], progress=False)
+    local = analyze([synthetic_runs["opd"]], **kw)
+    pd.testing.assert_frame_equal(local, analyze([synthetic_runs["opd"]], executor="ray,workers=1", **kw),
+                                  check_exact=True)
+    assert not ray.is_initialized()

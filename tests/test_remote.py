@@ -217,3 +217,13 @@ def test_report_inputs_read_from_a_bucket(s3, proxy, tmp_path):
     local = load_inputs([out]).table
     remote = load_inputs(["s3://bkt/results/opd"], _config(proxy)).table
     pd.testing.assert_frame_equal(local.reset_index(drop=True), remote.reset_index(drop=True))
+
+
+@pytest.mark.slow
+def test_worker_processes_reopen_the_bucket(s3, proxy):
+    """Tasks carry the storage settings (not open connections); each worker process re-opens the s3:// run."""
+    kw = dict(metrics=["frobenius", "spectral_norm"], steps=[1, 2], progress=False)
+    local = od.analyze([s3["local"]], base=s3["base"], names=["opd"], **kw)
+    remote = od.analyze(["s3://bkt/runs/opd"], base="s3://bkt/models/base", storage=_config(proxy),
+                        executor="processes:2", **kw)
+    pd.testing.assert_frame_equal(local.reset_index(drop=True), remote.reset_index(drop=True))

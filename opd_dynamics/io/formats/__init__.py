@@ -28,9 +28,9 @@ from types import ModuleType
 from ...errors import CheckpointError
 from ..reader import Reader
 from ..storage import as_path, is_remote
-from . import dcp, deepspeed, megatron, peft, safetensors, verl_fsdp
+from . import dcp, deepspeed, megatron, nemo_rl, peft, safetensors, verl_fsdp
 
-FORMATS: tuple[ModuleType, ...] = (deepspeed, safetensors, peft, verl_fsdp, megatron, dcp)
+FORMATS: tuple[ModuleType, ...] = (deepspeed, safetensors, peft, verl_fsdp, nemo_rl, megatron, dcp)
 
 #: formats whose readers take their bytes from a Storage (docs/remote.md), so they also read s3://, hf://, …;
 #: the others are detected remotely (file names only) and then refused with the reason
