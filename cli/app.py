@@ -54,6 +54,7 @@ def analyze(
     allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Also read pytorch_model.bin (weights_only=True).")] = False,
     nonfinite: Annotated[str, typer.Option(help="error: stop at NaN/Inf weights; nan: record NaN rows with a warning.")] = "error",
     lora_scaling: Annotated[Optional[float], typer.Option("--lora-scaling", help="LoRA runs: s in dW = s*B*A, overriding adapter_config.json (alpha/r).")] = None,
+    ds_weights: Annotated[str, typer.Option("--ds-weights", help="DeepSpeed ZeRO runs: fp32 (the optimizer's master weights) or module (the 16-bit copy, which rounds small updates away).")] = "fp32",
     csv: Annotated[bool, typer.Option("--csv", help="Also write metrics.csv.")] = False,
     storage_option: Annotated[Optional[list[str]], typer.Option("--storage-option", help="key=value for the fsspec backend of URL inputs (endpoint_url=..., anon=true, client_kwargs={json}); repeatable.")] = None,
     remote_cache_dir: Annotated[Optional[str], typer.Option("--remote-cache-dir", help="Cache of remote headers, keyed by URL + ETag (default ~/.cache/opd-dynamics).")] = None,
@@ -66,6 +67,7 @@ def analyze(
     until_step: Annotated[Optional[int], typer.Option("--until-step", help="--watch: stop once a step >= this is analysed.")] = None,
     interval: Annotated[float, typer.Option(help="--watch: seconds between looks (a checkpoint is ready when its file sizes held over one).")] = 5.0,
     report_dir: Annotated[Optional[Path], typer.Option("--report", help="Also (re)write the HTML report here after each analysis.")] = None,
+    executor: Annotated[str, typer.Option(help="local, processes[:N] (N worker processes; one per GPU with --device cuda) or ray[:ADDRESS] (auto, ray://host:port; options ,num_cpus=1,num_gpus=0.25). Same table from each.")] = "local",
 ) -> None:
     """Compute update-geometry metrics for every module at every saved step; print the Table-1 summary."""
     from opd_dynamics import analyze as run_analyze
@@ -80,8 +82,8 @@ def analyze(
     def once(only_steps, progress):
         df = run_analyze(runs, base=_one_or_many(base), names=name, metrics=specs, select=select,
                          against=_against(against), steps=only_steps, device=device, spectrum_method=spectrum,
-                         allow_pickle=allow_pickle, nonfinite=nonfinite, lora_scaling=lora_scaling, out=out, csv=csv,
-                         progress=progress, cache=not no_cache, storage=storage)
+                         allow_pickle=allow_pickle, nonfinite=nonfinite, lora_scaling=lora_scaling, ds_weights=ds_weights,
+                         out=out, csv=csv, progress=progress, cache=not no_cache, storage=storage, executor=executor)
         if report_dir is not None:
             from opd_dynamics.report import build_report
 

@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import codecs
 import functools
 import inspect
 import typing
@@ -30,7 +31,7 @@ PARAMS = [
     inspect.Parameter("messages_column", _O, default=None, annotation=Annotated[Optional[str], typer.Option(
         "--messages-column", help="Column with role/content turns (default: messages).")]),
     inspect.Parameter("stop", _O, default=None, annotation=Annotated[Optional[list[str]], typer.Option(
-        "--stop", help="Stop generating at this string (repeatable).")]),
+        "--stop", help="Stop generating at this string (repeatable; escapes such as \\n are decoded).")]),
     inspect.Parameter("max_new_tokens", _O, default=None, annotation=Annotated[Optional[int], typer.Option(
         "--max-new-tokens", help="Generation length bound (default: from the task's longest solution).")]),
     inspect.Parameter("tokenizer", _O, default=None, annotation=Annotated[Optional[Path], typer.Option(
@@ -45,6 +46,8 @@ def collect(kw: dict) -> tuple[dict, Path | None]:
     columns = {role: vals.pop(f"{role}_column") for role in ("prompt", "answer", "solution", "messages")}
     columns = {k: v for k, v in columns.items() if v}
     tokenizer = vals.pop("tokenizer")
+    if vals.get("stop"):  # `--stop '\n'` reaches us as backslash + n
+        vals["stop"] = [codecs.decode(x, "unicode_escape") for x in vals["stop"]]
     opts = {k: v for k, v in vals.items() if v is not None}
     if columns:
         opts["columns"] = columns

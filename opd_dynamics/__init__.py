@@ -12,6 +12,8 @@ Public surface::
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import TYPE_CHECKING
 
 from .errors import CheckpointError, OPDError, SelectionError
@@ -60,3 +62,17 @@ def __getattr__(name: str):
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
+
+
+class _Package(types.ModuleType):
+    """Importing the submodule ``opd_dynamics.analyze`` (demo, studies, a test) makes the import system bind it as the
+    package's attribute ``analyze``; the public name is the function, so that binding is not kept (otherwise
+    ``from opd_dynamics import analyze`` would give the module or the function depending on import order)."""
+
+    def __setattr__(self, name, value):
+        if name in _LAZY and isinstance(value, types.ModuleType) and value.__name__ == f"{__name__}.{name}":
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -12,9 +12,11 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import platform
+import sys
 from collections import Counter
 from contextlib import nullcontext
 from importlib import metadata
+from concurrent.futures import Executor
 from typing import Sequence
 
 import pandas as pd
@@ -42,6 +44,13 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def _device(device: str, executor) -> torch.device:
+    """The device tasks use; on a Ray cluster ``cuda`` names the workers' GPUs, which this driver may lack."""
+    if isinstance(executor, str) and executor.startswith("ray") and device.startswith("cuda"):
+        return torch.device(device)
+    return resolve_device(device)
+
+
 def _specs(metrics: Sequence[str | Spec] | None) -> list[Spec]:
     """Parsed, checked specs; one metric may appear with several settings (labelled apart in the table), an exact
     repeat is dropped."""
@@ -55,7 +64,8 @@ def _specs(metrics: Sequence[str | Spec] | None) -> list[Spec]:
 def open_runs(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] | None = None,
               names: Sequence[str] | None = None, steps: Sequence[int] | None = None,
               allow_pickle: bool = False, lora_scaling: float | None = None,
-              storage: StorageConfig | dict | None = None, skip_incomplete: bool = True) -> list[Run]:
+              storage: StorageConfig | dict | None = None, skip_incomplete: bool = True,
+              ds_weights: str = "fp32") -> list[Run]:
     """Discover several runs; ``base`` is one directory for all or one per run (paths or URLs).
 
     With ``skip_incomplete`` a checkpoint still being written (:func:`opd_dynamics.live.incomplete`) is left out
@@ -75,7 +85,7 @@ def open_runs(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] 
         if skip_incomplete and not is_remote(as_path(p, storage)):
             wanted, skipped = complete_steps(p, wanted)
         run = open_run(p, base=b, name=n, steps=wanted, allow_pickle=allow_pickle, lora_scaling=lora_scaling,
-                       storage=storage)
+                       storage=storage, ds_weights=ds_weights)
         run.skipped = skipped
         runs.append(run)
     seen = Counter(r.name for r in runs)
@@ -120,7 +130,8 @@ def analyze(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] | 
             steps: Sequence[int] | None = None, device: str = "auto", spectrum_method: str = "gram",
             allow_pickle: bool = False, nonfinite: str = "error", lora_scaling: float | None = None,
             storage: StorageConfig | dict | None = None, out: PathLike | None = None, csv: bool = False,
-            progress: bool = True, cache: bool = True, skip_incomplete: bool = True) -> pd.DataFrame:
+            progress: bool = True, cache: bool = True, skip_incomplete: bool = True,
+            executor: str | Executor | None = None, ds_weights: str = "fp32") -> pd.DataFrame:
     """Compute update-geometry metrics for every module at every saved step of one or more runs.
 
     Args:
@@ -141,6 +152,8 @@ def analyze(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] | 
             number computed beside it would be meaningless.
         lora_scaling: for runs of PEFT adapters, the s in ΔW = s·B·A (overrides adapter_config.json's α/r;
             needed when an exporter wrote ``lora_alpha: 0``).
+        ds_weights: for DeepSpeed ZeRO runs, ``fp32`` (the optimizer's fp32 master weights, default) or ``module``
+            (the 16-bit model copy; it rounds small RL updates away). See ``docs/layouts.md``.
         storage: for URLs: a :class:`~opd_dynamics.io.storage.StorageConfig` (fsspec options, retries, cache), or
             just the fsspec options as a dict (``{"endpoint_url": "http://127.0.0.1:9000"}``).
         out: directory to write ``metrics.parquet`` + ``manifest.json`` (+ ``cache/``) into, as one unit (checked
@@ -151,6 +164,10 @@ def analyze(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] | 
             ones (:mod:`opd_dynamics.cache`); False computes everything afresh (and rewrites the cache).
         skip_incomplete: leave out (with a warning) checkpoints still being written instead of failing;
             ``df.attrs["skipped"]`` then lists them as ``run/step: reason``.
+        executor: where the work runs (:mod:`opd_dynamics.executors`): ``"local"`` (default, this process),
+            ``"processes[:N]"`` (N worker processes; one per GPU with ``device="cuda"``), ``"ray[:ADDRESS]"``
+            (``auto``, ``ray://host:port``, or a local cluster started for the call; ``,num_gpus=0.25`` etc.),
+            or any ``concurrent.futures.Executor``. Every one gives the same table.
 
     Returns:
         The long table ``run, step, ref_step, module, layer, expert, kind, metric, value``.
@@ -158,19 +175,22 @@ def analyze(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] | 
     with claim(out) if out is not None else nullcontext() as claimed:  # -o checked and locked before any reading
         specs = _specs(metrics)
         selector = select if isinstance(select, Selector) else Selector.parse(list(select or []))
-        dev = resolve_device(device)
+        dev = _device(device, executor)
         runs = open_runs(paths, base=base, names=names, steps=steps, allow_pickle=allow_pickle,
-                         lora_scaling=lora_scaling, storage=storage, skip_incomplete=skip_incomplete)
+                         lora_scaling=lora_scaling, storage=storage, skip_incomplete=skip_incomplete,
+                         ds_weights=ds_weights)
         memo = None
         if out is not None:
             from .cache import CACHE_DIR, Memo
 
             memo = Memo(out, runs, specs, {"version": _version(), "spectrum_method": spectrum_method,
-                                           "nonfinite": nonfinite, "device": dev.type, "lora_scaling": lora_scaling},
+                                           "nonfinite": nonfinite, "device": dev.type, "lora_scaling": lora_scaling,
+                                           "ds_weights": ds_weights},
                         reuse=cache)
         try:
             rows = run_metrics(runs, specs, selector=selector, against=against, device=dev,
-                               spectrum_method=spectrum_method, nonfinite=nonfinite, progress=progress, memo=memo)
+                               spectrum_method=spectrum_method, nonfinite=nonfinite, progress=progress, memo=memo,
+                               executor=executor)
         except BaseException:
             if memo is not None:
                 memo.discard()
@@ -180,7 +200,10 @@ def analyze(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] | 
         if claimed is not None:
             files = table_files(df, manifest(runs, specs, select=selector.to_json(), against=against,
                                              device=str(dev), spectrum_method=spectrum_method, nonfinite=nonfinite,
-                                             lora_scaling=lora_scaling, rows=len(df), skipped=skipped,
+                                             lora_scaling=lora_scaling, ds_weights=ds_weights, rows=len(df),
+                                             skipped=skipped,
+                                             executor=executor if isinstance(executor, (str, type(None)))
+                                             else type(executor).__name__,
                                              cells={"computed": memo.computed, "reused": memo.reused}), csv=csv)
             try:
                 claimed.commit({**files, CACHE_DIR: lambda p: memo.save(into=p)})  # the cache travels with the table
@@ -195,3 +218,15 @@ def _version() -> str:
         return metadata.version("opd-dynamics")
     except metadata.PackageNotFoundError:
         return "unknown"
+
+
+class _CallableModule(type(sys.modules[__name__])):
+    """``opd_dynamics.analyze`` names both this module and the function (lazily exported by the package). Importing
+    the module (``from .analyze import resolve_device``) makes the package attribute the module, so a later
+    ``from opd_dynamics import analyze`` would get a module: calling it calls :func:`analyze`."""
+
+    def __call__(self, *args, **kwargs):
+        return analyze(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -25,7 +25,6 @@ from dataclasses import dataclass, replace
 from typing import Callable, Iterable, Iterator
 
 import torch
-from tqdm.auto import tqdm
 
 from .errors import CheckpointError, OPDError
 from .io.discovery import Run
@@ -167,31 +166,70 @@ def _ref_steps(steps: list[int], against: str | int) -> dict[int, int]:
     raise OPDError(f"--against {against!r} not understood", hint="use base, prev or a step number")
 
 
+@dataclass(frozen=True)
+class Job:
+    """The settings every task of one analysis shares (small and picklable: it travels to workers)."""
+
+    specs: tuple[Spec, ...]
+    against: str | int = "base"
+    device: str = "cpu"
+    spectrum_method: str = "gram"
+    nonfinite: str = "error"
+
+
 def run_metrics(runs: list[Run], specs: list[Spec], *, selector: Selector = Selector(), against: str | int = "base",
                 device: str | torch.device = "cpu", spectrum_method: str = "gram", nonfinite: str = "error",
-                progress: bool = True, memo=None) -> list[Row]:
+                progress: bool = True, memo=None, executor=None) -> list[Row]:
     """Compute every metric for every selected module of every run; return long-table rows.
 
     ``memo`` (:class:`opd_dynamics.cache.Memo`) makes the run incremental: it says which (step, metric) cells of
     each tensor are still to compute, supplies the rest (rows, and trajectory states), and keeps what is computed;
     only the checkpoints a missing cell needs (and their references) are read.
+
+    ``executor`` (:mod:`opd_dynamics.executors`): ``None``/``"local"`` runs :func:`stream` here; ``"processes[:N]"``,
+    ``"ray[:ADDRESS]"`` or any ``concurrent.futures.Executor`` run it as tasks of whole tensors elsewhere, with the
+    same rows in the same order.
     """
     if nonfinite not in ("error", "nan"):
         raise OPDError(f"--nonfinite {nonfinite!r} not understood", hint="use error or nan")
-    device = torch.device(device)
-    limit_heap_growth()
-    built = [(s, replace(s.info, suffix=suffix), s.build()) for s, suffix in zip(specs, settings_suffixes(specs))]
-    keep_after = any(info.needs_after for _, info, _ in built)
+    built(specs)  # unknown metrics and bad settings fail here, before any reading
     plans = [p for run in runs for p in plan(run, selector)]
-    first = 0 if against in ("base", "prev", 0) else against
-    schedule = []
     for p in plans:
-        refs = _ref_steps(sorted(p.run.steps), against)
-        todo = memo.todo(p, refs) if memo is not None else {s: None for s in refs}
-        schedule.append((p, refs, todo, _read_order(refs, todo, against, first)))
-    n_reads = sum(len(order) for *_, order in schedule)
+        _ref_steps(sorted(p.run.steps), against)  # a bad --against fails here, before any reading
+    job = Job(tuple(specs), against, str(torch.device(device)), spectrum_method, nonfinite)
+    from .executors import execute
+
+    return execute(plans, job, executor, memo=memo, progress=progress)
+
+
+def built(specs) -> list[tuple]:
+    """(spec, info, metric) per spec, each info carrying the column suffix that tells repeated metrics apart."""
+    return [(s, replace(s.info, suffix=suffix), s.build()) for s, suffix in zip(specs, settings_suffixes(specs))]
+
+
+def todo_of(p: TensorPlan, job: Job, memo=None) -> tuple[dict[int, int], dict[int, object], list[int]]:
+    """(refs, todo, read order) of one tensor: {step: ref step}, the cells still to compute, the steps to read."""
+    refs = _ref_steps(sorted(p.run.steps), job.against)
+    todo = memo.todo(p, refs) if memo is not None else {s: None for s in refs}
+    first = 0 if job.against in ("base", "prev", 0) else job.against
+    return refs, todo, _read_order(refs, todo, job.against, first)
+
+
+def stream(plans: list[TensorPlan], job: Job, *, memo=None, on_read: Callable[[int], object] | None = None) -> list[Row]:
+    """The one loop: each tensor streamed over the steps it needs, reads prefetched one ahead; rows out.
+
+    One call is one task of an executor (every tensor for ``local``, a block of whole tensors elsewhere). A task
+    that cannot keep trajectory states itself gets a ``memo`` with ``finalizes = False`` (a recorder): it records
+    the computed cells and states, and the driver finalises (:mod:`opd_dynamics.executors`).
+    """
+    device = torch.device(job.device)
+    against, spectrum_method, nonfinite = job.against, job.spectrum_method, job.nonfinite
+    limit_heap_growth()
+    metrics = built(job.specs)
+    keep_after = any(info.needs_after for _, info, _ in metrics)
+    schedule = [(p, *todo_of(p, job, memo)) for p in plans]
     rows: list[Row] = []
-    bar = tqdm(total=n_reads, disable=not progress, desc="reading tensors", unit="tensor", leave=False)
+    tick = on_read or (lambda n: None)
 
     def tasks():
         for p, _, _, order in schedule:
@@ -199,7 +237,7 @@ def run_metrics(runs: list[Run], specs: list[Spec], *, selector: Selector = Sele
                 ck = p.run.base if s == 0 else p.run.steps[s]
                 yield _read(ck, p.tensor, device), nbytes(ck, p.tensor)
 
-    stream = _prefetched(tasks())
+    reader = _prefetched(tasks())
     try:
         for p, refs, todo, order in schedule:
             base = _Base(p, device, None)
@@ -209,14 +247,14 @@ def run_metrics(runs: list[Run], specs: list[Spec], *, selector: Selector = Sele
                 states.update(memo.states(p, refs, todo))
             held: dict[int, object] = {}  # the raw tensors a later step is measured against
             for s in order:
-                raw = next(stream)
-                bar.update(1)
+                raw = next(reader)
+                tick(1)
                 if s == 0:
                     base.raw = raw
                 if s in todo:
                     ref_raw = held[refs[s]]
                     for part in p.parts:
-                        out = _one_view(p, part, s, refs[s], raw, ref_raw, base, built, states, cache[part.name],
+                        out = _one_view(p, part, s, refs[s], raw, ref_raw, base, metrics, states, cache[part.name],
                                         keep_after, spectrum_method, nonfinite, todo[s], memo)
                         if memo is None:
                             rows.extend(out)
@@ -225,18 +263,25 @@ def run_metrics(runs: list[Run], specs: list[Spec], *, selector: Selector = Sele
                 del raw
             if memo is not None:  # every per-step cell, kept or computed, in the order a fresh run emits them
                 rows.extend(memo.rows(p, refs))
-            for part in p.parts:
-                for i, (spec, info, m) in enumerate(built):
-                    st = states.get((part.name, i))
-                    if st:
-                        for step, value in m.finalize(dict(sorted(st.items()))).items():
-                            rows.extend(_emit(p, part, step, refs[step], info, value))
+            if getattr(memo, "finalizes", True):
+                rows.extend(finalize(p, metrics, states, refs))
             if memo is not None:
                 memo.done(p)
             del held, base
     finally:
-        stream.close()
-        bar.close()
+        reader.close()
+    return rows
+
+
+def finalize(p: TensorPlan, built, states: dict[tuple[str, int], dict[int, object]], refs: dict[int, int]) -> list[Row]:
+    """Rows of the trajectory metrics of one tensor from their per-step states."""
+    rows: list[Row] = []
+    for part in p.parts:
+        for i, (spec, info, m) in enumerate(built):
+            st = states.get((part.name, i))
+            if st:
+                for step, value in m.finalize(dict(sorted(st.items()))).items():
+                    rows.extend(_emit(p, part, step, refs[step], info, value))
     return rows
 
 

@@ -18,6 +18,13 @@ class OPDError(Exception):
         self.hint = hint
         super().__init__(f"{message} (fix: {hint})" if hint else message)
 
+    def __reduce__(self):  # pickled by worker processes and Ray tasks: keep message and hint apart
+        return _rebuild, (type(self), self.message, self.hint)
+
+
+def _rebuild(cls, message, hint):
+    return cls(message, hint=hint)
+
 
 class CheckpointError(OPDError):
     """A checkpoint file is missing, truncated, corrupt, unsafe or inconsistent with the others."""

@@ -336,6 +336,11 @@ def build_report(results: Sequence[PathLike], out: PathLike, *, title: str = "op
     bad = set(formats) - {"png", "pdf", "svg"}
     if bad:
         raise OPDError(f"figure formats {sorted(bad)} not supported", hint="choose from png, pdf, svg")
+    target = Path(out).expanduser().resolve()
+    for r in results:
+        if not is_remote(as_path(r)) and (target == Path(r).resolve() or target in Path(r).resolve().parents):
+            raise OPDError(f"-o {out}: is the input {r} (or holds it); the report would replace its own data",
+                           hint="write the report to another directory, e.g. -o report/")
     with claim(out) as held, held.staging() as tmp:  # -o checked and locked before any reading; swapped in whole
         inputs = load_inputs(results, StorageConfig(options=dict(storage)) if isinstance(storage, dict) else storage)
         _build(inputs, tmp, title, formats)

@@ -129,6 +129,50 @@ def _rank(rank: int, world: int, port: int, src: str, dst: str) -> None:
         dist.destroy_process_group()
 
 
+def _moe_rank(rank: int, port: int, dst: str) -> None:
+    """One rank, 2 layers × 2 experts (SequentialMLP): the checkpoint and the model's own per-expert tensors."""
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+    import torch.distributed as dist
+    import torch.nn.functional as F
+
+    _patch_cuda()
+    from megatron.core import dist_checkpointing, parallel_state
+    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+    from megatron.core.models.gpt.gpt_model import GPTModel
+    from megatron.core.transformer.transformer_config import TransformerConfig
+
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        parallel_state.initialize_model_parallel()
+        cfg = TransformerConfig(num_layers=2, hidden_size=32, num_attention_heads=4, num_query_groups=2,
+                                ffn_hidden_size=48, kv_channels=8, normalization="RMSNorm", gated_linear_unit=True,
+                                activation_func=F.silu, add_bias_linear=False, use_cpu_initialization=True,
+                                params_dtype=torch.float32, num_moe_experts=2, moe_router_topk=2,
+                                moe_ffn_hidden_size=24)
+        model = GPTModel(config=cfg, transformer_layer_spec=get_gpt_layer_local_spec(num_experts=2,
+                                                                                     normalization="RMSNorm"),
+                         vocab_size=64, max_sequence_length=64, position_embedding_type="rope",
+                         share_embeddings_and_output_weights=False)
+        out = Path(dst) / "iter_0000001"
+        out.mkdir(parents=True, exist_ok=True)
+        torch.save({k: v for k, v in model.state_dict().items() if "_extra_state" not in k}, Path(dst) / "model_sd.pt")
+        dist_checkpointing.save(model.sharded_state_dict(prefix="model."), str(out))
+    finally:
+        parallel_state.destroy_model_parallel()
+        dist.destroy_process_group()
+
+
+def write_moe(dst: Path) -> Path:
+    """A tiny Megatron MoE checkpoint ``dst/iter_0000001/`` and the model's own state dict ``dst/model_sd.pt``."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_moe_rank, args=(_port(), str(dst)), nprocs=1)
+    return Path(dst)
+
+
 def write(src_run: Path, dst: Path, world: int = 2) -> Path:
     """Write every ``checkpoint-N/`` of ``src_run`` as ``dst/iter_000000N/``; return ``dst``."""
     import torch.multiprocessing as mp

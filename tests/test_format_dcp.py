@@ -117,3 +117,26 @@ def test_analyze_tables_equal_safetensors(dcp_runs, tmp_path):
     from format_tables import assert_same_tables
 
     assert_same_tables(dcp_runs["hf"], dcp_runs["base"], [dcp_runs[layout] for layout in LAYOUTS], tmp_path / "res")
+
+
+def test_one_tensor_reads_only_its_chunks_bytes(dcp_runs, tmp_path, monkeypatch):
+    """Reading one tensor touches only its chunks' byte ranges, never a whole rank file; a cut file is named."""
+    from opd_dynamics.io.formats import dcp_index
+
+    where = dcp.detect(_step_dir(dcp_runs, "torchtitan", 2))
+    r = dcp.open(where)
+    windows = []  # every read goes through a window of the file that is exactly one chunk's byte range
+    orig = dcp_index._Range.__init__
+    monkeypatch.setattr(dcp_index._Range, "__init__",
+                        lambda self, f, start, length: windows.append((f.name, start, length)) or orig(self, f, start, length))
+    key = "model.layers.1.mlp.down_proj.weight"
+    r.get_tensor(key)
+    infos = [r.index._info(key, c) for c in r.index.tensors()[key].chunks]
+    assert sorted(windows) == sorted((str(where / i.relative_path), i.offset, i.length) for i in infos)
+    assert sum(i.length for i in infos) < min(p.stat().st_size for p in where.glob("*.distcp")) / 2
+    d = shutil.copytree(where, tmp_path / "step-2")
+    f = d / "__1_0.distcp"
+    f.write_bytes(f.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match=r"__1_0\.distcp: truncated"):
+        for name in dcp.open(d).keys():
+            dcp.open(d).get_tensor(name)

@@ -126,3 +126,25 @@ def test_analyze_tables_equal_safetensors(megatron_run, tmp_path):
     from format_tables import assert_same_tables
 
     assert_same_tables(megatron_run["hf"], megatron_run["base"], [megatron_run["megatron"]], tmp_path / "res")
+
+
+def test_moe_experts_and_router_under_qwen3_moe_names(tmp_path_factory):
+    """Megatron MoE (SequentialMLP): stacked [L, E, …] experts become one HF tensor per expert, router = mlp.gate."""
+    import megatron_writer
+
+    d = megatron_writer.write_moe(tmp_path_factory.mktemp("megatron-moe"))
+    cfg = {"num_attention_heads": 4, "num_key_value_heads": 2, "hidden_size": 32, "head_dim": 8, "vocab_size": 64}
+    r = megatron.open(d / "iter_0000001", base_config=cfg)
+    own = torch.load(d / "model_sd.pt", weights_only=True)  # the model's per-expert parameters, unstacked
+    assert r.index.tensors()["model.decoder.layers.mlp.experts.experts.linear_fc1.weight"].size == (2, 2, 48, 32)
+    for i in range(2):
+        p, m = f"model.layers.{i}.", f"decoder.layers.{i}."
+        assert torch.equal(r.get_tensor(p + "mlp.gate.weight"), own[m + "mlp.router.weight"])
+        assert torch.equal(r.get_tensor(p + "post_attention_layernorm.weight"), own[m + "pre_mlp_layernorm.weight"])
+        for e in range(2):
+            fc1 = own[m + f"mlp.experts.local_experts.{e}.linear_fc1.weight"]
+            assert torch.equal(r.get_tensor(p + f"mlp.experts.{e}.gate_proj.weight"), fc1[:24])
+            assert torch.equal(r.get_tensor(p + f"mlp.experts.{e}.up_proj.weight"), fc1[24:])
+            assert torch.equal(r.get_tensor(p + f"mlp.experts.{e}.down_proj.weight"),
+                               own[m + f"mlp.experts.local_experts.{e}.linear_fc2.weight"])
+    assert not any("mlp.up_proj" in k or "_extra_state" in k for k in r.keys())

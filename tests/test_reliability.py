@@ -153,6 +153,10 @@ def case_report_out_is_a_file(tmp, runs, res):
     return ["report", res], tmp / "out", "exists and is not a directory"
 
 
+def case_report_out_is_its_input(tmp, runs, res):
+    return ["report", res], res, "the report would replace its own data"
+
+
 def case_report_missing_input(tmp, runs, res):
     return ["report", tmp / "nope"], tmp / "out", "no such file or directory"
 
@@ -270,3 +274,11 @@ def test_one_metric_twice_with_different_settings_is_named_apart(synthetic_runs,
     a = df[df.metric.str.startswith("alignment_to_final[")].pivot_table(index=["module", "step"], columns="metric",
                                                                           values="value")
     assert len(a.columns) == 2 and not a.iloc[:, 0].equals(a.iloc[:, 1])  # two different measurements
+
+
+def test_public_analyze_is_the_function_whatever_the_import_order():
+    """Importing the submodule first (as demo and studies do) must not turn ``opd_dynamics.analyze`` into a module."""
+    code = ("import types; from opd_dynamics.analyze import open_runs; import opd_dynamics.demo; "
+            "from opd_dynamics import analyze; assert not isinstance(analyze, types.ModuleType), analyze")
+    r = subprocess.run([CLI[0], "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr

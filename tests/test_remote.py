@@ -188,19 +188,42 @@ def test_transient_errors_are_retried_then_reported_with_the_url():
     from opd_dynamics.io.storage import FsspecStorage
 
     class Flaky(MemoryFileSystem):
-        fails = 2
+        fails = 0
 
-        def cat_file(self, path, start=None, end=None, **kw):
+        def open(self, path, *args, **kw):
             if Flaky.fails:
                 Flaky.fails -= 1
                 raise ConnectionResetError("connection reset by peer")
-            return super().cat_file(path, start=start, end=end, **kw)
+            return super().open(path, *args, **kw)
 
     fs = Flaky()
     fs.pipe("/b/obj", b"0123456789")
+    Flaky.fails = 2
     st = FsspecStorage(fs, "memory", StorageConfig(retries=2, backoff=0.0, cache_dir=False))
     assert bytes(st.read_range("/b/obj", 2, 3)) == b"234"
     Flaky.fails = 5
     with pytest.raises(CheckpointError, match=r"memory:///b/obj: read failed after 3 attempts "
                                               r"\(ConnectionResetError: connection reset by peer\)"):
         st.read_range("/b/obj", 0, 4)
+
+
+def test_report_inputs_read_from_a_bucket(s3, proxy, tmp_path):
+    from opd_dynamics.report import load_inputs
+
+    out = tmp_path / "results"
+    od.analyze([s3["local"]], base=s3["base"], names=["opd"], metrics=["frobenius"], steps=[1, 2], out=out,
+               progress=False)
+    s3["server"].upload(out, "bkt", "results/opd")
+    local = load_inputs([out]).table
+    remote = load_inputs(["s3://bkt/results/opd"], _config(proxy)).table
+    pd.testing.assert_frame_equal(local.reset_index(drop=True), remote.reset_index(drop=True))
+
+
+@pytest.mark.slow
+def test_worker_processes_reopen_the_bucket(s3, proxy):
+    """Tasks carry the storage settings (not open connections); each worker process re-opens the s3:// run."""
+    kw = dict(metrics=["frobenius", "spectral_norm"], steps=[1, 2], progress=False)
+    local = od.analyze([s3["local"]], base=s3["base"], names=["opd"], **kw)
+    remote = od.analyze(["s3://bkt/runs/opd"], base="s3://bkt/models/base", storage=_config(proxy),
+                        executor="processes:2", **kw)
+    pd.testing.assert_frame_equal(local.reset_index(drop=True), remote.reset_index(drop=True))

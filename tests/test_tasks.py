@@ -58,6 +58,8 @@ def test_column_mapping_limit_and_row_errors(tmp_path):
     assert exs[0].solution.startswith("so ")
     with pytest.raises(OPDError, match=r"t.jsonl: row 2 has no answer \(columns: \['question'\]\)"):
         RowsTask([ROWS[0], {"question": "x"}], source="t.jsonl")
+    with pytest.raises(OPDError, match=r"row 2 has no column 'a' \(mapped as its answer\)"):
+        RowsTask([rows[0], {"q": "x"}], columns={"prompt": "q", "answer": "a"})
     with pytest.raises(OPDError, match="row 1 has no prompt"):
         RowsTask([{"answer": "1"}], source="t.jsonl")
 
@@ -68,7 +70,8 @@ def test_conversational_rows_use_the_models_chat_template():
                           {"role": "assistant", "content": "3"}]},
             {"prompt": [{"role": "user", "content": "2+2="}], "completion": [{"role": "assistant", "content": "4"}]}]
     task = RowsTask(rows, split="test").bind(tok)
-    assert [tuple(e) for e in task.examples("test")] == [("<s>add\n<u>1+2=\n<a>", "3", "3"), ("<u>2+2=\n<a>", "4", "4")]
+    # the solution is the assistant turn as the template writes it (what TRL trains on)
+    assert [tuple(e) for e in task.examples("test")] == [("<s>add\n<u>1+2=\n<a>", "3", "3\n"), ("<u>2+2=\n<a>", "4", "4")]
     plain = RowsTask(ROWS[:1], split="test")
     assert plain.bind(tok).examples("test")[0].prompt == "0+0="                       # plain stays plain
     assert RowsTask(ROWS[:1], split="test", chat_template=True).bind(tok).examples("test")[0].prompt == "<u>0+0=\n<a>"

@@ -21,14 +21,15 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="session")
 def verl_runs(tmp_path_factory):
-    """{'base', 'hf', 'fsdp2', 'fsdp1'}: one trajectory (vocab 67: uneven shards) as HF safetensors and as verl shards."""
+    """{'base', 'hf', 'fsdp2', 'fsdp1', 'nemo'}: one trajectory (vocab 67: uneven shards) as HF safetensors, as verl
+    shards (FSDP2 DTensor, FSDP1 ShardedTensor) and as NeMo-RL's per-rank safetensors slices."""
     from opd_dynamics.synthetic import make_synthetic_runs
     from verl_shards import write_verl_runs
 
     root = tmp_path_factory.mktemp("verl")
     syn = make_synthetic_runs(root / "syn", steps=(1, 2, 4), layers=2, hidden=32, vocab=67, kinds=("opd",))
-    outs = write_verl_runs(syn["opd"], {2: root / "fsdp2", 1: root / "fsdp1"}, world_size=2)
-    return {"base": syn["base"], "hf": syn["opd"], "fsdp2": outs[2], "fsdp1": outs[1]}
+    outs = write_verl_runs(syn["opd"], {k: root / k for k in ("fsdp2", "fsdp1", "nemo")}, world_size=2)
+    return {"base": syn["base"], "hf": syn["opd"], **outs}
 
 
 @pytest.mark.parametrize("fsdp", ["fsdp2", "fsdp1"])
@@ -43,7 +44,39 @@ def test_reader_matches_the_hf_checkpoint_bit_for_bit(verl_runs, fsdp):
     assert ck.reads == len(hf.keys())
 
 
-@pytest.mark.parametrize("fsdp", ["fsdp2", "fsdp1"])
+def test_nemo_rl_reader_matches_the_hf_checkpoint(verl_runs):
+    from opd_dynamics.io.formats.nemo_rl import SHARDING_KEY
+    from opd_dynamics.io.safetensors_file import SafetensorsFile
+
+    step = verl_runs["nemo"] / "step_4"
+    module, where = formats.detect(step)
+    assert module is formats.nemo_rl and where == step / "policy" / "weights" / "model"
+    shards = sorted(p.name for p in where.glob("*.safetensors"))
+    assert shards == ["shard-00001-model-00001-of-00001.safetensors", "shard-00002-model-00001-of-00001.safetensors"]
+    assert SHARDING_KEY in SafetensorsFile(where / shards[1]).metadata()
+    ck = formats.open(step)
+    hf = Checkpoint(verl_runs["hf"] / "checkpoint-4")
+    assert ck.format == "nemo-rl" and sorted(ck.keys()) == sorted(hf.keys()) and ck.config["vocab_size"] == 67
+    for name in hf.keys():
+        assert ck.dtype(name) == torch.float32 and torch.equal(ck.get_tensor(name), hf.get_tensor(name)), name
+    assert ck.bytes_read == sum(hf.get_tensor(n).numel() * 4 for n in hf.keys())  # each slice read once
+
+
+def test_nemo_rl_missing_shard_is_named(verl_runs, tmp_path):
+    d = tmp_path / "step_4"
+    shutil.copytree(verl_runs["nemo"] / "step_4", d)
+    model = d / "policy" / "weights" / "model"
+    (model / "shard-00002-model-00001-of-00001.safetensors").unlink()  # the last rank: shapes shrink
+    with pytest.raises(CheckpointError, match=r"weight' has shape \[34, 32\], the base has \[67, 32\]"):
+        od.analyze([tmp_path], base=verl_runs["base"], progress=False, device="cpu")
+    shutil.copy(verl_runs["nemo"] / "step_4" / "policy" / "weights" / "model" / "shard-00002-model-00001-of-00001.safetensors",
+                model)
+    (model / "shard-00001-model-00001-of-00001.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="missing shard file shard-00001"):
+        formats.open(d)
+
+
+@pytest.mark.parametrize("fsdp", ["fsdp2", "fsdp1", "nemo"])
 def test_analyze_tables_identical_to_safetensors(verl_runs, fsdp):
     kw = dict(base=verl_runs["base"], names=["opd"], progress=False, device="cpu")
     want = od.analyze([verl_runs["hf"]], **kw)

@@ -47,6 +47,9 @@ class Run:
     root: Path
     base: Reader
     steps: dict[int, Reader] = field(default_factory=dict)
+    #: the :func:`open_run` arguments that re-open this run elsewhere (a worker process or node): absolute paths,
+    #: the steps found here; ``None`` for a run assembled by hand (such a run is analysed in this process only)
+    source: dict | None = field(default=None, repr=False, compare=False)
 
     @property
     def final_step(self) -> int:
@@ -200,7 +203,8 @@ def powers_of_two_missing(steps) -> list[int]:
 
 def open_run(root: str | Path, *, base: str | Path | None = None, name: str | None = None,
              steps: list[int] | None = None, allow_pickle: bool = False, warn_missing: bool = True,
-             lora_scaling: float | None = None, storage: StorageConfig | None = None) -> Run:
+             lora_scaling: float | None = None, storage: StorageConfig | None = None,
+             ds_weights: str = "fp32") -> Run:
     """Discover a run's checkpoints and its base.
 
     Args:
@@ -212,7 +216,10 @@ def open_run(root: str | Path, *, base: str | Path | None = None, name: str | No
         lora_scaling: for LoRA runs, the scaling s in ΔW = s·B·A, overriding adapter_config.json's α/r.
         storage: how URLs (``s3://``, ``hf://``, …) given as ``root`` or ``base`` are reached
             (:class:`~opd_dynamics.io.storage.StorageConfig`).
+        ds_weights: for DeepSpeed ZeRO runs, ``"fp32"`` (the optimizer's master weights, default) or ``"module"``
+            (the 16-bit model copy, which rounds small updates away).
     """
+    formats.deepspeed.check_weights(ds_weights)
     root = as_path(root, storage)
     found = find_steps(root, storage, steps)
     lora = {s: p for s, p in found.items() if formats.detect(p)[0] is formats.peft}  # adapter-only steps
@@ -247,14 +254,22 @@ def open_run(root: str | Path, *, base: str | Path | None = None, name: str | No
                           "EffOPD replay needs every power of two", stacklevel=2)
     if base_ck.partial:
         raise OPDError(f"{base_ck.path}: the base is a LoRA adapter", hint="pass --base with the full model")
-    options = {"scaling": lora_scaling} if lora else {}
+    options = {"scaling": lora_scaling, "ds_weights": ds_weights} if lora else {"ds_weights": ds_weights}
     ckpts = {}
     for s, p in sorted(found.items()):
         try:
             ckpts[s] = formats.open(p, allow_pickle=allow_pickle, base_config=base_ck.config, base=base_ck, **options)
         except CheckpointError as e:
             raise CheckpointError(e.message, hint=_step_hint(s, found, e.hint)) from None
-    return Run(name or run_name(root), root, base_ck, ckpts)
+    source = {"root": _where(root), "base": None if base is None else _where(as_path(base, storage)),
+              "name": name or run_name(root), "steps": sorted(ckpts), "allow_pickle": allow_pickle,
+              "lora_scaling": lora_scaling, "storage": storage, "ds_weights": ds_weights}
+    return Run(name or run_name(root), root, base_ck, ckpts, source)
+
+
+def _where(path) -> str:
+    """A path as a worker elsewhere re-opens it: absolute for local paths (not resolved: symlinks stay), URLs as is."""
+    return os.path.abspath(path) if isinstance(path, Path) else str(path)
 
 
 def run_name(root) -> str:

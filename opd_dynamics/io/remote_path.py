@@ -1,6 +1,7 @@
 """A path in remote storage that speaks the few :class:`pathlib.Path` verbs run discovery and formats use.
 
 ``/``, ``name``, ``parent``, ``exists``, ``is_dir``, ``is_file``, ``iterdir``, ``glob`` (one level), ``read_text``,
+``read_bytes`` (small files),
 ``stat().st_size`` and ``resolve``: code written against a local ``Path`` walks a bucket unchanged, every
 question answered from one cached listing per directory. It has no ``__fspath__`` on purpose: ``open()`` or
 ``torch.load`` on it fail instead of silently downloading a whole file.
@@ -67,6 +68,10 @@ class RemotePath:
 
     def read_text(self, encoding: str | None = None) -> str:
         return self.storage.read_text(self.key)
+
+    def read_bytes(self) -> bytes:
+        """The whole (small: JSON, config) file; metadata reads are cached like headers."""
+        return bytes(self.storage.read_range(self.key, 0, self.storage.stat(self.key).size, header=True))
 
     def stat(self):
         st = self.storage.stat(self.key)

@@ -224,7 +224,7 @@ class FsspecStorage:
 
         def fetch(part):
             s, n = part
-            data = self._call(lambda: self.fs.cat_file(path, start=s, end=s + n), path, what="read")
+            data = self._call(lambda: self._cat(path, s, s + n), path, what="read")
             buf[s - start:s - start + len(data)] = data
             return len(data)
 
@@ -233,6 +233,15 @@ class FsspecStorage:
         if key is not None and got == length:
             self.cache.put(key, buf)
         return buf
+
+    def _cat(self, path: str, start: int, end: int) -> bytes:
+        """Exactly ``[start, end)``: async backends (s3fs, gcsfs, adlfs) send one ranged GET; for the others (the
+        Hub's) the file is opened without fsspec's read-ahead cache, which would fetch past ``end``."""
+        if getattr(self.fs, "async_impl", False):
+            return self.fs.cat_file(path, start=start, end=end)
+        with self.fs.open(path, "rb", cache_type="none") as fh:
+            fh.seek(start)
+            return fh.read(end - start)
 
     def read_ranges(self, path: str, ranges: Sequence[tuple[int, int]], gap: int = 0) -> list[bytearray]:
         """Several ranges of one object; ranges that touch (or lie within ``gap`` bytes) share one request."""

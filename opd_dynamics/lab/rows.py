@@ -6,7 +6,8 @@ Each row gives a prompt and a reference answer, found by column name (``columns`
 role       default columns, first present wins          notes
 ========== =========================================== ==================================================
 messages   ``messages``                                 role/content turns (TRL's conversational format);
-                                                        a final assistant turn is the solution
+                                                        a final assistant turn, as the template writes it,
+                                                        is the solution
 prompt     ``prompt``, ``question``, ``problem``         a string, or role/content turns (TRL's ``prompt``)
 answer     ``answer``                                   default: the final assistant turn / the solution
 solution   ``solution``, ``completion``                  the SFT / ``loglik`` target; default: the answer
@@ -58,6 +59,7 @@ class _Row:
     answer: str
     solution: str
     split: str | None
+    reply: dict | None = None  # the final assistant turn of a conversation (its rendering is the solution)
 
 
 def last_boxed(text: str) -> str | None:
@@ -135,12 +137,17 @@ class RowsTask:
         return OPDError(f"{self.source}: row {i + 1} has no {what} (columns: {sorted(row)})", hint=hint)
 
     def _parse(self, i: int, row: dict, columns: dict[str, str], default_solution: str) -> _Row:
-        solution = None
+        for role, col in columns.items():
+            if col not in row:
+                raise self._missing(i, row, f"column {col!r} (mapped as its {role})",
+                                    f"check --{role}-column, or fix that row")
+        solution, reply = None, None
         msg_col = self._col(row, "messages", columns)
         if msg_col is not None and _turns(row[msg_col]):
             turns = list(row[msg_col])
             if turns and turns[-1]["role"] == "assistant":
-                turns, solution = turns[:-1], str(turns[-1]["content"])
+                turns, reply = turns[:-1], dict(turns[-1])
+                solution = str(reply["content"])
             prompt: str | list = turns
         else:
             p_col = self._col(row, "prompt", columns)
@@ -164,7 +171,7 @@ class RowsTask:
             raise OPDError(f"{self.source}: row {i + 1} has split {split!r}", hint=f"use one of {SPLITS}")
         if solution is None:
             solution = default_solution.format(answer=answer)
-        return _Row(prompt, answer, solution, split)
+        return _Row(prompt, answer, solution, split, reply)
 
     # -- the Task interface -------------------------------------------------------------------------------------
     def bind(self, tokenizer) -> "RowsTask":
@@ -185,9 +192,20 @@ class RowsTask:
                            hint="pass --tokenizer DIR with the chat model's tokenizer, or give plain prompts")
         return tok.apply_chat_template([dict(t) for t in turns], tokenize=False, add_generation_prompt=True)
 
+    def _solution(self, r: _Row, prompt: str) -> str:
+        """A conversation's solution as the chat template writes the assistant turn (what TRL trains on)."""
+        if r.reply is None or not isinstance(r.prompt, list) or self.tokenizer is None:
+            return r.solution
+        full = self.tokenizer.apply_chat_template([*map(dict, r.prompt), r.reply], tokenize=False)
+        return full[len(prompt):] if full.startswith(prompt) else r.solution
+
     def examples(self, split: str) -> list[Example]:
         check_split(split)
-        return [Example(self._render(r.prompt), r.answer, r.solution) for r in self._splits[split]]
+        out = []
+        for r in self._splits[split]:
+            prompt = self._render(r.prompt)
+            out.append(Example(prompt, r.answer, self._solution(r, prompt)))
+        return out
 
     def extract(self, generation: str) -> str | None:
         """The answer in a generation: the regex's group 1 (last match), else the last ``\\boxed{}``, else all."""

@@ -9,7 +9,8 @@ and two plain attributes, ``name: str`` and ``max_new_tokens: int`` (a generous 
 of a worked solution, in tokens, so generation knows when to stop). Optional, read with ``getattr``:
 ``stop: tuple[str, ...]`` (generation of a row ends at the first of these strings), ``extract(generation)``
 (the answer a checker compares, see :mod:`opd_dynamics.evaluators.checkers`), ``extraction: str`` (how, for
-manifests) and ``bind(tokenizer)`` (tasks whose prompts are rendered with the model's chat template).
+manifests), ``bind(tokenizer)`` (tasks whose prompts are rendered with the model's chat template) and
+``add_special_tokens: bool`` (False for chat-rendered prompts: the template wrote the special tokens).
 
 An :class:`Example` is ``(prompt, answer, solution)``:
 

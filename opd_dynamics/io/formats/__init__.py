@@ -1,12 +1,14 @@
 """The one detection registry: which checkpoint format a step directory holds, and its reader.
 
 ``FORMATS`` is an ordered list of format modules; the first whose ``detect(step_dir)`` answers a directory wins,
-so the order is a preference (HF weights before trainer shards when a step holds both). Each module exposes::
+so the order is a preference: HF weights before trainer shards when a step holds both, except DeepSpeed, whose
+fp32 master weights win over the 16-bit ``model.safetensors`` HF Trainer saves beside them. Each module exposes::
 
     FORMAT = "verl-fsdp"                                   # the reader's .format
     def detect(step_dir: Path) -> Path | None              # file names only, no unpickling; detect(detect(d)) == detect(d)
     def open(path, *, allow_pickle=False, base_config=None) -> Reader
     NEEDS_BASE = True                                      # optional: open() also takes base= (the base Reader)
+    OPTIONS = ("scaling",)                                 # optional: the open() settings it takes from **options
 
 Adding a format is one module under ``opd_dynamics/io/formats/`` and one line in ``FORMATS``.
 See ``docs/layouts.md`` for every layout, what is read and the dtype that reaches the metrics.
@@ -26,14 +28,15 @@ from types import ModuleType
 from ...errors import CheckpointError
 from ..reader import Reader
 from ..storage import as_path, is_remote
-from . import dcp, megatron, peft, safetensors, verl_fsdp
+from . import dcp, deepspeed, megatron, nemo_rl, peft, safetensors, verl_fsdp
 
-FORMATS: tuple[ModuleType, ...] = (safetensors, peft, verl_fsdp, megatron, dcp)
+FORMATS: tuple[ModuleType, ...] = (deepspeed, safetensors, peft, verl_fsdp, nemo_rl, megatron, dcp)
 
 #: formats whose readers take their bytes from a Storage (docs/remote.md), so they also read s3://, hf://, …;
 #: the others are detected remotely (file names only) and then refused with the reason
 REMOTE_READY = frozenset({"safetensors", "peft-lora"})
-_NOT_REMOTE_WHY = {"verl-fsdp": "its rank files are pickles, which cannot be read by byte range"}
+_NOT_REMOTE_WHY = {"verl-fsdp": "its rank files are pickles, which cannot be read by byte range",
+                   "deepspeed": "its rank files are pickles, which cannot be read by byte range"}
 
 
 def detect(step_dir: str | Path) -> tuple[ModuleType, Path] | None:
@@ -66,7 +69,8 @@ def open(path: str | Path, *, allow_pickle: bool = False, base_config: dict | No
         allow_pickle: also read ``pytorch_model.bin`` (``weights_only=True``; never arbitrary unpickling).
         base_config: the base model's ``config.json``, for formats whose checkpoint lacks one.
         base: the base reader, for partial formats (LoRA adapters).
-        options: format-specific settings (``scaling=`` for LoRA).
+        options: format-specific settings, each passed to the formats that list it in ``OPTIONS`` and ignored by
+            the others (``scaling=`` for LoRA, ``ds_weights=`` for DeepSpeed).
     """
     path = as_path(path)
     if not path.is_dir():
@@ -79,7 +83,8 @@ def open(path: str | Path, *, allow_pickle: bool = False, base_config: dict | No
         why = _NOT_REMOTE_WHY.get(fmt.FORMAT, "its reader does not read from remote storage yet")
         raise CheckpointError(f"{where}: a {fmt.FORMAT} checkpoint cannot be read from remote storage ({why})",
                               hint="copy it to local disk, or export it to HF safetensors")
-    kw = {"base": base, **options} if getattr(fmt, "NEEDS_BASE", False) else {}
+    kw = {"base": base} if getattr(fmt, "NEEDS_BASE", False) else {}
+    kw.update({k: v for k, v in options.items() if k in getattr(fmt, "OPTIONS", ())})
     return fmt.open(where, allow_pickle=allow_pickle, base_config=base_config, **kw)
 
 

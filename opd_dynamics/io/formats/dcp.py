@@ -52,7 +52,7 @@ def detect(step_dir: Path) -> Path | None:
     for sub in _SUBDIRS:
         d = step_dir / sub
         if is_dcp(d):
-            return d.resolve() if sub != "." else step_dir
+            return d if sub != "." else step_dir
     return None
 
 

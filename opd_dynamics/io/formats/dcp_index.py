@@ -88,6 +88,34 @@ def read_metadata(path: Path, stub_modules: tuple[str, ...] = ()) -> Any:
     return md
 
 
+class _Range(io.RawIOBase):
+    """A read-only window [start, start + length) of an open file, as a seekable file of its own."""
+
+    def __init__(self, f, start: int, length: int):
+        super().__init__()
+        self.f, self.start, self.length, self.pos = f, start, length, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        self.pos = (pos, self.pos + pos, self.length + pos)[whence]
+        return self.pos
+
+    def readinto(self, b) -> int:
+        n = max(0, min(len(b), self.length - self.pos))
+        self.f.seek(self.start + self.pos)
+        got = self.f.readinto(memoryview(b).cast("B")[:n])
+        self.pos += got
+        return got
+
+
 class DcpIndex:
     """Tensors of one DCP directory by flattened key; ``read`` rebuilds one (or one leading-axis slice)."""
 
@@ -116,18 +144,23 @@ class DcpIndex:
         """
         tm = self._tensors[key]
         size, k = tuple(tm.size), len(lead)
-        out = torch.empty(size[k:], dtype=tm.properties.dtype)
-        covered = 0
+        if math.prod(size[k:]) == 0:
+            return torch.empty(size[k:], dtype=tm.properties.dtype)
+        out, covered = None, 0
         for c in tm.chunks:
             off, sz = tuple(c.offsets), tuple(c.sizes)
             if any(not (o <= i < o + s) for i, o, s in zip(lead, off, sz)):
                 continue
             part = self._load(key, c)
             part = part[tuple(i - o for i, o in zip(lead, off))]
+            if out is None and sz[k:] == size[k:]:  # one chunk holds it all: no second copy
+                return part.clone() if part.untyped_storage().nbytes() != part.nbytes else part
+            if out is None:
+                out = torch.empty(size[k:], dtype=tm.properties.dtype)
             out[tuple(slice(o, o + s) for o, s in zip(off[k:], sz[k:]))] = part
             covered += part.numel()
-        if covered != out.numel():
-            raise CheckpointError(f"{self.path}: chunks of {key!r} cover {covered} of {out.numel()} elements",
+        if out is None or covered != out.numel():
+            raise CheckpointError(f"{self.path}: chunks of {key!r} cover {covered} of {math.prod(size[k:])} elements",
                                   hint="a rank's chunks are missing from the index; re-save the checkpoint")
         return out
 
@@ -151,20 +184,19 @@ class DcpIndex:
                                   f"{list(info.transform_descriptors)}", hint="re-save without DCP extensions")
         f = self.path / info.relative_path
         try:
-            with f.open("rb") as fh:
-                fh.seek(info.offset)
-                blob = fh.read(info.length)
+            fh = f.open("rb", buffering=0)
         except FileNotFoundError:
             raise CheckpointError(f"{f}: missing rank file (holds {key!r})",
                                   hint="copy every __R_I.distcp file of the checkpoint") from None
-        if len(blob) != info.length:
-            raise CheckpointError(f"{f}: truncated ({key!r} needs bytes {info.offset}..{info.offset + info.length})",
-                                  hint="copy the file again")
-        try:
-            t = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - weights_only refuses anything but tensors; say so in one line
-            raise CheckpointError(f"{f}: chunk of {key!r} does not load as a tensor ({type(e).__name__})",
-                                  hint="only torch_save serialisation is read (not DCP's safetensors option)") from None
+        with fh:
+            if fh.seek(0, 2) < info.offset + info.length:
+                raise CheckpointError(f"{f}: truncated ({key!r} needs bytes {info.offset}..{info.offset + info.length})",
+                                      hint="copy the file again")
+            try:  # torch.load reads the blob's records straight from the file: one copy, no whole-blob buffer
+                t = torch.load(_Range(fh, info.offset, info.length), map_location="cpu", weights_only=True)
+            except Exception as e:  # noqa: BLE001 - weights_only refuses anything but tensors; say so in one line
+                raise CheckpointError(f"{f}: chunk of {key!r} does not load as a tensor ({type(e).__name__})",
+                                      hint="only torch_save serialisation is read (not DCP's safetensors option)") from None
         if tuple(t.shape) != tuple(chunk.sizes) or math.prod(chunk.sizes) != t.numel():
             raise CheckpointError(f"{f}: chunk of {key!r} has shape {tuple(t.shape)}, index says {tuple(chunk.sizes)}",
                                   hint="the index and the data disagree; re-save the checkpoint")

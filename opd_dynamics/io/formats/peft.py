@@ -12,6 +12,7 @@ from ..lora import LoraCheckpoint, has_adapter
 from ..reader import Reader
 
 FORMAT = "peft-lora"
+OPTIONS = ("scaling",)
 NEEDS_BASE = True  # the registry passes the base reader to open()
 _NESTED = ("", "actor/huggingface", "actor", "huggingface")
 
