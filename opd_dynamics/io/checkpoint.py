@@ -24,6 +24,7 @@ import torch
 from ..errors import CheckpointError, read_json
 from .reader import read_config
 from .safetensors_file import SafetensorsFile
+from . import weights_only
 from .storage import as_path, is_remote
 
 ST_INDEX, ST_SINGLE = "model.safetensors.index.json", "model.safetensors"
@@ -162,7 +163,7 @@ class Checkpoint:
 
     def _open_bin(self, path: Path, only: set[str] | None = None) -> None:
         try:
-            sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            sd = weights_only.load(path, mmap=True)
         except Exception as e:  # the unpickler refuses anything but tensors; say so in one line
             raise CheckpointError(f"{path}: cannot load safely ({type(e).__name__}: {str(e).splitlines()[0][:160]})",
                                   hint="this file needs code to unpickle; convert it to safetensors in a trusted environment") from None

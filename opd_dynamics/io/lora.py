@@ -43,6 +43,7 @@ from ..errors import CheckpointError, OPDError, read_json
 from ..linalg import Factored
 from .checkpoint import Checkpoint, has_weights
 from .safetensors_file import SafetensorsFile
+from . import weights_only
 from .storage import as_path, is_remote
 
 ADAPTER_CONFIG, ADAPTER_ST, ADAPTER_BIN = "adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"
@@ -207,7 +208,7 @@ class LoraCheckpoint:
                                   hint="pass --allow-pickle to load it with weights_only=True, or re-save as safetensors")
         self._path = bin_
         try:
-            sd = torch.load(bin_, map_location="cpu", weights_only=True)
+            sd = weights_only.load(bin_)
         except Exception as e:
             raise CheckpointError(f"{bin_}: cannot load safely ({type(e).__name__})",
                                   hint="re-save the adapter as safetensors in a trusted environment") from None

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from ...errors import CheckpointError
+from .. import weights_only
 
 METADATA = ".metadata"
 _DCP = "torch.distributed.checkpoint."
@@ -193,7 +194,7 @@ class DcpIndex:
                 raise CheckpointError(f"{f}: truncated ({key!r} needs bytes {info.offset}..{info.offset + info.length})",
                                       hint="copy the file again")
             try:  # torch.load reads the blob's records straight from the file: one copy, no whole-blob buffer
-                t = torch.load(_Range(fh, info.offset, info.length), map_location="cpu", weights_only=True)
+                t = weights_only.load(_Range(fh, info.offset, info.length))
             except Exception as e:  # noqa: BLE001 - weights_only refuses anything but tensors; say so in one line
                 raise CheckpointError(f"{f}: chunk of {key!r} does not load as a tensor ({type(e).__name__})",
                                       hint="only torch_save serialisation is read (not DCP's safetensors option)") from None

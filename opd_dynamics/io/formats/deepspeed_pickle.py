@@ -13,13 +13,11 @@ no code from the checkpoint runs. Any other class is refused with its name; ``--
 from __future__ import annotations
 
 import re
-import threading
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ...errors import CheckpointError
+from .. import weights_only
 
 
 class _Record:
@@ -51,7 +49,6 @@ ALLOWED: dict[str, type] = {
     "deepspeed.utils.tensor_fragment.fragment_address": fragment_address,
 }
 
-_LOCK = threading.Lock()  # safe_globals edits torch's process-wide allowlist: one load at a time
 _GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 
 
@@ -64,8 +61,7 @@ def safe_load(path: str | Path | Any, label: str | Path | None = None) -> Any:
     label = label or path
     mmap = isinstance(path, (str, Path))
     try:
-        with _LOCK, torch.serialization.safe_globals([(cls, name) for name, cls in ALLOWED.items()]):
-            return torch.load(path, map_location="cpu", mmap=mmap, weights_only=True)
+        return weights_only.load(path, allow=[(cls, name) for name, cls in ALLOWED.items()], mmap=mmap)
     except FileNotFoundError:
         raise CheckpointError(f"{label}: no such file", hint="copy the missing file") from None
     except Exception as e:  # the weights-only unpickler refused something: say what, in one line

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from ...errors import CheckpointError
+from .. import weights_only
 from ..reader import read_config
 from . import _sharded_tensor
 from ._mmap import mappings, release
@@ -63,12 +64,10 @@ def _quiet():
 
 def load_rank_file(f: Path, fix: str) -> dict:
     """``torch.load`` one rank file lazily (mmap) and safely (weights only); a refused class is named."""
-    import torch.distributed.tensor  # noqa: F401  (registers DTensor, DeviceMesh, placements as safe to unpickle)
-
     try:
         with _quiet():
             try:
-                return torch.load(f, map_location="cpu", mmap=True, weights_only=True)
+                return weights_only.load(f, allow=weights_only.dtensor_classes(), mmap=True)
             except pickle.UnpicklingError as e:
                 if "torch.distributed._shard" not in str(e):
                     raise
