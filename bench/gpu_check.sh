@@ -52,18 +52,19 @@ if [ -z "${DRY_RUN:-}" ] && timeout 120 python3 -m pip install -q --no-deps --no
 else
   shim=$(mktemp -d); ln -s "$REPO/cli" "$shim/opd_dynamics_cli"
   export PYTHONPATH="$REPO:$shim${PYTHONPATH:+:$PYTHONPATH}"
-  say "pip install failed (see install.txt): using PYTHONPATH=$REPO and the CLI shim instead"
+  if [ -n "${DRY_RUN:-}" ]; then why="DRY_RUN: not installing"; else why="pip install failed (see install.txt)"; fi
+  say "$why: using PYTHONPATH=$REPO and the CLI shim instead"
 fi
 python3 -c "import opd_dynamics, opd_dynamics_cli; print('opd_dynamics from', opd_dynamics.__file__)" | tee -a "$OUT/summary.md"
 
 # -- 2. CUDA tests -------------------------------------------------------------------------------------------------
 say "CUDA tests"
-timeout $(( $(left) > 150 ? 150 : $(left) )) python3 -m pytest -p no:cacheprovider -q -rs tests/test_cuda.py \
+timeout $(( $(left) > 150 ? 150 : $(left) )) python3 -m pytest -p no:cacheprovider -rs tests/test_cuda.py \
   "tests/test_engine.py::test_gpu_path_matches_cpu" tests/test_linalg.py -k "cuda or gpu or test_cuda" \
   > "$OUT/pytest.txt" 2>&1
 rc=$?
 tail -n 15 "$OUT/pytest.txt"
-say "CUDA tests exit status $rc ($(tail -n 1 "$OUT/pytest.txt"))"
+say "CUDA tests exit status $rc ($(grep -E "passed|failed|skipped|error" "$OUT/pytest.txt" | grep -v "^SKIPPED" | tail -n 1))"
 
 # -- 3. analyze on CUDA vs CPU ---------------------------------------------------------------------------------------
 bench() {  # shape layers steps limit
@@ -102,7 +103,7 @@ if [ "$(left)" -gt 100 ] && [ -z "${DRY_RUN:-}" ]; then
     --executors local,processes > "$OUT/scale.txt" 2>&1 || say "  scaling stopped (exit $?): partial output in scale.txt"
   cat "$OUT/scale.txt" | tee -a "$OUT/summary.md"
 else
-  say "skipped the worker-scaling run: $(left)s left"
+  say "skipped the worker-scaling run (DRY_RUN, or only $(left)s left)"
 fi
 say "done; results in $OUT"
 exit $rc
