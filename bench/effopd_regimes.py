@@ -36,6 +36,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from opd_dynamics.effopd.speedup import step_speedup
+
 EFFOPD_PRESETS = {"paper": {"rule": ">=", "include_bias": False}, "authors": {"rule": ">", "include_bias": True}}
 # lr: Adam's step size; student: the W0 architecture (wide = the teacher's shape, still pre-trained only to 20 %)
 REGIMES = {
@@ -45,22 +47,6 @@ REGIMES = {
                                                                    "intermediate": 512}},
 }
 EARLY_FRACTIONS = (0.0625, 0.125, 0.25)      # early steps, as a fraction of the run: 4, 8, 16 of 64
-
-
-def first_reaching(curve, threshold: float) -> float:
-    """First step of ``curve`` [(step, acc), …] whose accuracy reaches ``threshold`` (NaN if none does)."""
-    for step, acc in curve:
-        if acc >= threshold - 1e-12:
-            return step
-    return math.nan
-
-
-def speedup(plain_curve, eff_curve, frac: float) -> tuple[float, float, float]:
-    """(plain steps, EffOPD steps, plain/EffOPD) to reach ``frac`` of plain OPD's final accuracy."""
-    target = frac * plain_curve[-1][1]
-    sp, se = first_reaching(plain_curve, target), first_reaching(eff_curve, target)
-    ratio = sp / se if se and not math.isnan(se) and not math.isnan(sp) else math.nan
-    return sp, se, ratio
 
 
 def preset_for(regime: str):
@@ -159,7 +145,7 @@ def summarise(results: list[dict]) -> pd.DataFrame:
             row["align_chance"] = al["alignment_to_final_chance"].get(int(round(EARLY_FRACTIONS[0] * steps)), math.nan)
             row["lock_chance"] = al["subspace_locking_chance"].get(int(round(EARLY_FRACTIONS[0] * steps)), math.nan)
             for frac in (0.9, 0.95):
-                sp, se, ratio = speedup(plain["curve"], e["curve"], frac)
+                sp, se, ratio = step_speedup(plain["curve"], e["curve"], frac)
                 row[f"steps{int(frac * 100)}"] = f"{sp:.0f}/{se:.0f}"
                 row[f"speedup{int(frac * 100)}"] = ratio
             half = [a for s, a in plain["curve"] if s >= steps // 4]
