@@ -67,7 +67,7 @@ def metric(name: str, *, family: str, outputs: tuple[str, ...] | None = None, ma
 
 
 def _load_builtins() -> None:
-    from . import direction, norms, noise_floor, principal, sparsity, spectrum  # noqa: F401  (registration side effect)
+    from . import direction, embedding_shift, norms, noise_floor, principal, sparsity, spectrum  # noqa: F401  (registration side effect)
 
 
 _entry_points_loaded = False
