@@ -24,6 +24,7 @@ from ..errors import OPDError
 from ..io.checkpoint import Checkpoint
 from ..io.discovery import Run, open_run
 from ..patching import Patch, patched
+from ..presets import resolve
 from .extrapolation import DEFAULT_KS, SearchResult, extrapolated_names, is_power_of_two, search_model
 
 CAVEAT = ("Replay cannot see how training would have continued from the extrapolated weights, and it measures "
@@ -71,8 +72,9 @@ def _delta(cur: Checkpoint, prev: Checkpoint, names: list[str], device) -> dict[
 
 
 def replay(run: Run | str | Path, score: Callable[[torch.nn.Module], float], *, base: str | Path | None = None,
-           model: torch.nn.Module | None = None, ks=DEFAULT_KS, rule: str = ">=", include_bias: bool = False,
-           device: str = "cpu", progress: bool = True, restore: bool | None = None) -> ReplayReport:
+           model: torch.nn.Module | None = None, ks=DEFAULT_KS, rule: str | None = None, include_bias: bool = False,
+           params: str | None = None, preset: str | None = None, device: str = "cpu",
+           progress: bool = True, restore: bool | None = None) -> ReplayReport:
     """Replay the EffOPD search on a saved plain-OPD run.
 
     Args:
@@ -80,9 +82,14 @@ def replay(run: Run | str | Path, score: Callable[[torch.nn.Module], float], *, 
         score: ``score(model) -> float``, higher is better (an evaluator from :mod:`opd_dynamics.evaluators`).
         base: W₀ directory (needed for t = 1 and to build the model).
         model: a model to reuse (its architecture must match); default: loaded once from ``base``.
+        rule, params: acceptance rule and extrapolated parameters; default: ``preset``'s (``paper``: ``>=``, weights;
+            ``authors``: ``>``, the released code's name match — :mod:`opd_dynamics.presets`).
         restore: give ``model`` back with its own weights, bit for bit, also after an exception (costs one copy of
             them); default: when ``model`` was passed in. Otherwise it is left at the last checkpoint replayed.
     """
+    chosen = resolve("effopd", preset, rule=rule, params=params or ("weights+bias" if include_bias else None))
+    rule = chosen["rule"]
+    extrapolated_names([], params=chosen["params"])  # a bad name fails before anything is loaded
     if not isinstance(run, Run):
         run = open_run(run, base=base, warn_missing=False)
     if restore is None:
@@ -99,7 +106,7 @@ def replay(run: Run | str | Path, score: Callable[[torch.nn.Module], float], *, 
                        hint="save checkpoints at every power of two (1, 2, 4, 8, …) to replay EffOPD")
     with patched(model.state_dict() if restore else {}) as patch:
         into = patch if restore else None
-        names = extrapolated_names(dict(model.named_parameters()), include_bias=include_bias)
+        names = extrapolated_names(dict(model.named_parameters()), params=chosen["params"])
         bar = tqdm(total=len(saved) + len(targets), desc="effopd replay", disable=not progress, leave=False)
         plain = {}
         for step in saved:
@@ -126,6 +133,8 @@ def replay(run: Run | str | Path, score: Callable[[torch.nn.Module], float], *, 
         bar.close()
     report = ReplayReport(pd.DataFrame(rows), pd.DataFrame(summary),
                           pd.DataFrame({"step": list(plain), "score": list(plain.values())}))
+    report.notes.append(f"search: accept if {rule} the best so far; extrapolated: {chosen['params']} "
+                        f"({len(names)} tensors)")
     unmatched = report.summary[report.summary.matched_step.isna()]
     if len(unmatched):
         report.notes.append(f"at steps {unmatched.step.tolist()} the accepted candidate beats every later plain "
