@@ -83,29 +83,38 @@ def test_identical_rows_sit_at_one_and_random_rows_near_their_chance_rows():
     assert abs(fresh["embedding_cosine"]) < 0.05 and fresh["embedding_pca_similarity_chance"] == 0.25
 
 
+def embedding_oracle(e0: np.ndarray, et: np.ndarray, k: int = 2) -> dict[str, float]:
+    """Every embedding_shift row in float64 numpy/scipy (SVD-based PCA, scipy's principal angles)."""
+    n, d = e0.shape
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    axes = lambda x: np.linalg.svd(x - x.mean(0), full_matrices=False)[2][:k].T  # noqa: E731
+    both = np.vstack([e0, et])
+    proj = (both - both.mean(0)) @ axes(both)
+    p0, pt = proj[:n], proj[n:]
+    return {"embedding_cosine": (unit(e0) * unit(et)).sum(1).mean(),
+            "embedding_cosine_chance": (unit(np.roll(e0, 1, 0)) * unit(et)).sum(1).mean(),
+            "embedding_relative_shift": np.linalg.norm(et - e0) / np.linalg.norm(e0),
+            "embedding_pca_similarity": (np.cos(subspace_angles(axes(e0), axes(et))) ** 2).sum() / k,
+            "embedding_pca_similarity_chance": k / d,
+            "embedding_pca_displacement": np.sqrt(((pt - p0) ** 2).sum(1).mean())
+            / np.sqrt(((p0 - p0.mean(0)) ** 2).sum(1).mean()),
+            "embedding_tokens": float(n)}
+
+
 def test_matches_float64_oracle():
     rng = np.random.default_rng(3)
     e0 = rng.standard_normal((60, 10)) @ np.diag(np.linspace(3, 0.5, 10))
     et = e0 + 0.3 * rng.standard_normal((60, 10))
     r = shift_values(e0, et, k=3)
-    cos = (e0 * et).sum(1) / np.linalg.norm(e0, axis=1) / np.linalg.norm(et, axis=1)
-    cos_other = (np.roll(e0, 1, 0) * et).sum(1) / np.linalg.norm(np.roll(e0, 1, 0), axis=1) / np.linalg.norm(et, axis=1)
-    axes = lambda x: np.linalg.svd(x - x.mean(0), full_matrices=False)[2][:3].T  # noqa: E731
-    sim = (np.cos(subspace_angles(axes(e0), axes(et))) ** 2).sum() / 3
-    both = np.vstack([e0, et])
-    proj = (both - both.mean(0)) @ np.linalg.svd(both - both.mean(0), full_matrices=False)[2][:3].T
-    p0, pt = proj[:60], proj[60:]
-    disp = np.sqrt(((pt - p0) ** 2).sum(1).mean()) / np.sqrt(((p0 - p0.mean(0)) ** 2).sum(1).mean())
-    assert r["embedding_cosine"] == pytest.approx(cos.mean(), rel=1e-12)
-    assert r["embedding_cosine_chance"] == pytest.approx(cos_other.mean(), rel=1e-12)
-    assert r["embedding_relative_shift"] == pytest.approx(np.linalg.norm(et - e0) / np.linalg.norm(e0), rel=1e-12)
-    assert r["embedding_pca_similarity"] == pytest.approx(sim, rel=1e-9)
-    assert r["embedding_pca_displacement"] == pytest.approx(disp, rel=1e-9)
+    for key, value in embedding_oracle(e0, et, k=3).items():
+        assert r[key] == pytest.approx(value, rel=1e-9), key
 
 
 def test_only_embedding_matrices_give_rows():
     e0 = np.random.default_rng(4).standard_normal((16, 8))
     assert Spec("embedding_shift").build()(view_of(e0, e0 + 1)) == {}  # an mlp_up view
+    assert Spec("embedding_shift", {"kinds": "embed,mlp_up"}).build()(view_of(e0, e0 + 1))["embedding_tokens"] == 16
+    assert Spec("embedding_shift", {"kinds": "*"}).build()(view_of(e0, e0 + 1))["embedding_tokens"] == 16
 
 
 def test_token_id_files_and_their_errors(tmp_path):

@@ -64,31 +64,37 @@ def test_effective_rank_counts_noise_while_signal_rank_does_not():
     assert 1 < out["signal_effective_rank"] < 8
 
 
+def signal_oracle(w0: np.ndarray, wt: np.ndarray) -> dict[str, float]:
+    """Every signal_rank row in float64 numpy: SVD of the float32 ΔW the engine forms, the MP median by quadrature,
+    the bf16 floor from the ulp formula written out."""
+    shape = w0.shape
+    d32 = (wt.astype(np.float32) - w0.astype(np.float32)).astype(np.float64)
+    s = np.linalg.svd(d32, compute_uv=False)
+    m, n = min(shape), max(shape)
+    s_mp = np.median(s) / np.sqrt(n * mp_median(m / n))
+    ulp = lambda w: np.where(w != 0, 2.0 ** (np.floor(np.log2(np.abs(np.where(w != 0, w, 1.0)))) - 7), 0.0)  # noqa: E731
+    w_t32 = (w0.astype(np.float32) + d32.astype(np.float32)).astype(np.float64)
+    s_bf = np.sqrt(((ulp(w0.astype(np.float32).astype(np.float64)) ** 2 + ulp(w_t32) ** 2) / 12).mean())
+    a, b = np.sqrt(shape[0] - 0.5), np.sqrt(shape[1] - 0.5)
+    edge = lambda sg: sg * np.sqrt((a + b) ** 2 + 2.0234 * (a + b) * (1 / a + 1 / b) ** (1 / 3))  # noqa: E731
+    e = max(edge(s_mp), edge(s_bf))
+    above = s[s > e]
+    p = above / above.sum()
+    return {"signal_rank": float(above.size), "signal_effective_rank": float(np.exp(-(p * np.log(p)).sum())),
+            "noise_edge": e, "noise_edge_mp": edge(s_mp), "noise_edge_bf16": edge(s_bf),
+            "noise_sigma_mp": s_mp, "noise_sigma_bf16": s_bf}
+
+
 def test_matches_float64_numpy_oracle():
     rng = np.random.default_rng(3)
     for shape in [(40, 70), (70, 40), (64, 64)]:
         w0 = rng.standard_normal(shape)
-        d = planted(shape, 3, 4.0, 7, strengths=[3, 2, 1])
-        wt = w0 + d
+        wt = w0 + planted(shape, 3, 4.0, 7, strengths=[3, 2, 1])
         out = compute("signal_rank", w0, wt)
-        # oracle: float64 SVD of the float32 ΔW the engine forms, MP median by Monte Carlo-free quadrature,
-        # bf16 floor by the ulp formula written out with numpy
-        d32 = (wt.astype(np.float32) - w0.astype(np.float32)).astype(np.float64)
-        s = np.linalg.svd(d32, compute_uv=False)
-        m, n = min(shape), max(shape)
-        s_mp = np.median(s) / np.sqrt(n * mp_median(m / n))
-        ulp = lambda w: np.where(w != 0, 2.0 ** (np.floor(np.log2(np.abs(w))) - 7), 0.0)  # noqa: E731
-        w_t32 = (w0.astype(np.float32) + d32.astype(np.float32)).astype(np.float64)
-        s_bf = np.sqrt(((ulp(w0.astype(np.float32)) ** 2 + ulp(w_t32) ** 2) / 12).mean())
-        a, b = np.sqrt(shape[0] - 0.5), np.sqrt(shape[1] - 0.5)
-        edge = lambda sg: sg * np.sqrt((a + b) ** 2 + 2.0234 * (a + b) * (1 / a + 1 / b) ** (1 / 3))  # noqa: E731
-        e = max(edge(s_mp), edge(s_bf))
-        above = s[s > e]
-        assert out["noise_sigma_mp"] == pytest.approx(s_mp, rel=1e-6)
-        assert out["noise_sigma_bf16"] == pytest.approx(s_bf, rel=1e-6)
-        assert out["noise_edge"] == pytest.approx(e, rel=1e-6)
-        assert out["signal_rank"] == above.size == 3
-        assert out["signal_effective_rank"] == pytest.approx(effective_rank_of(above), rel=1e-6)
+        want = signal_oracle(w0, wt)
+        assert want["signal_rank"] == 3
+        for key, value in want.items():
+            assert out[key] == pytest.approx(value, rel=1e-6), key
 
 
 def test_mp_median_matches_monte_carlo():

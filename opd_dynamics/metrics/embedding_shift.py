@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from ..errors import OPDError
-from .registry import metric
+from .registry import Output, metric
 
 OUTPUTS = ("embedding_cosine", "embedding_cosine_chance", "embedding_relative_shift", "embedding_pca_similarity",
            "embedding_pca_similarity_chance", "embedding_pca_displacement", "embedding_tokens")
@@ -136,19 +136,31 @@ def rows_of(view, ids: tuple[int, ...] | None) -> tuple[np.ndarray, np.ndarray]:
     return e0.numpy(), (e0 + delta.to(torch.float64)).numpy()
 
 
-@metric("embedding_shift", family="embedding", outputs=OUTPUTS, paper="EffOPD Fig. 11 / Table 3")
-def embedding_shift(tokens: str = "", k: int = 2):
+_INF = float("inf")
+
+
+@metric("embedding_shift", family="embedding", paper="EffOPD Fig. 11 / Table 3",
+        outputs=(Output("embedding_cosine", "cosine of used tokens' embeddings to W₀", "", (-1, 1)),
+                 Output("embedding_cosine_chance", "cosine to another token's W₀ row", "", (-1, 1)),
+                 Output("embedding_relative_shift", "‖ΔE‖_F / ‖E₀‖_F", "", (0, _INF)),
+                 Output("embedding_pca_similarity", "top-k PCA subspace similarity to W₀ (%)", "%", (0, 1)),
+                 Output("embedding_pca_similarity_chance", "chance k/d (%)", "%", (0, 1)),
+                 Output("embedding_pca_displacement", "joint-PCA move / spread", "", (0, _INF)),
+                 Output("embedding_tokens", "tokens compared", "", (0, _INF))))
+def embedding_shift(tokens: str = "", k: int = 2, kinds: str = "embed"):
     """Similarity of the used tokens' embeddings to the base: cosine, relative shift, PCA subspace and displacement.
 
     ``tokens``: a file of token ids (JSON list) — the tokens of a corpus or of rollouts; empty: every row.
-    ``k``: principal axes compared (2, as the paper's figure). Rows only for ``embed`` matrices.
+    ``k``: principal axes compared (2, as the paper's figure). ``kinds``: the matrices whose rows are tokens,
+    comma-separated (``embed``, default; ``embed,lm_head`` adds an untied output head; ``*`` every matrix).
     """
     if k < 1:
         raise ValueError(f"k must be ≥ 1, got {k}")
     ids = read_token_ids(tokens) if tokens else None
+    wanted = {x.strip() for x in kinds.split(",") if x.strip()}
 
     def compute(view):
-        if view.part.kind != "embed":
+        if "*" not in wanted and view.part.kind not in wanted:
             return {}
         return shift_values(*rows_of(view, ids), k=k)
 

@@ -121,7 +121,7 @@ def signal_rank_of(sigma_all: np.ndarray, edge: float) -> tuple[int, float]:
     return int(above.size), (effective_rank_of(above) if above.size else math.nan)
 
 
-@metric("signal_rank", family="spectrum", bounds=(0, math.inf),
+@metric("signal_rank", family="spectrum", bounds=(0, math.inf), label="",
         outputs=("signal_rank", "signal_effective_rank", "noise_edge", "noise_edge_mp", "noise_edge_bf16",
                  "noise_sigma_mp", "noise_sigma_bf16"),
         paper="beyond the papers: Gavish & Donoho arXiv 1305.5870 §III; BBP threshold arXiv 0910.2120 §3.1")
