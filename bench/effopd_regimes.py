@@ -38,13 +38,15 @@ import pandas as pd
 
 from opd_dynamics.effopd.speedup import step_speedup
 
-EFFOPD_PRESETS = {"paper": {"rule": ">=", "include_bias": False}, "authors": {"rule": ">", "include_bias": True}}
-# lr: Adam's step size; student: the W0 architecture (wide = the teacher's shape, still pre-trained only to 20 %)
+EFFOPD_PRESETS = ("paper", "authors")       # opd_dynamics.presets: the paper's text / the released code
+# lr: Adam's step size; student: the W0 architecture (wide = the teacher's shape, still pre-trained only to 20 %).
+# horizons: run lengths T read off one run. The schedule is constant after warm-up, so a T-step run is exactly the
+# first T steps of a longer one (plain and online EffOPD alike); alignment is then measured to ΔW_T.
 REGIMES = {
-    "default": {"run_lr": 3e-4, "run_steps": 64, "student": None},
-    "low-lr-long": {"run_lr": 1e-4, "run_steps": 128, "student": None, "save_every": 16},
+    "default": {"run_lr": 3e-4, "run_steps": 64, "student": None, "horizons": (32, 64)},
     "wide-student": {"run_lr": 3e-4, "run_steps": 64, "student": {"hidden": 128, "layers": 4, "heads": 4,
-                                                                   "intermediate": 512}},
+                                                                   "intermediate": 512}, "horizons": (64,)},
+    "low-lr": {"run_lr": 1e-4, "run_steps": 128, "student": None, "save_every": 16, "horizons": (64, 128)},
 }
 EARLY_FRACTIONS = (0.0625, 0.125, 0.25)      # early steps, as a fraction of the run: 4, 8, 16 of 64
 
@@ -54,10 +56,12 @@ def preset_for(regime: str):
 
     r = dict(REGIMES[regime])
     student = r.pop("student")
+    r.pop("horizons")
     p = get_preset("default")
     if student is not None:
         r["student"] = ModelSpec(**student)
-    return dataclasses.replace(p, **r)
+    # no token diagnostics at each evaluation: they do not change training and cost a third of a run
+    return dataclasses.replace(p, diagnostic_prompts=0, **r)
 
 
 def teacher_and_base(lab: Path, regime: str, seed: int, out: Path):
@@ -89,16 +93,19 @@ def teacher_and_base(lab: Path, regime: str, seed: int, out: Path):
     return task, tok, teacher, base
 
 
-def early_alignment(run_dir: Path, base_dir: Path, steps: int) -> dict:
-    """Mean over attention/MLP matrices of alignment_to_final (top-20 left subspace) and its chance, per step."""
+def early_alignment(run_dir: Path, base_dir: Path, horizon: int) -> dict:
+    """Mean over attention/MLP matrices of alignment_to_final (top-20 left subspace, to ΔW at ``horizon``) and
+    subspace_locking, each with its chance row, per saved step ≤ horizon."""
     from opd_dynamics.analyze import analyze
+    from opd_dynamics.io.discovery import open_run
 
-    df = analyze([run_dir], base=base_dir, metrics=["alignment_to_final", "subspace_locking"],
+    steps = [s for s in sorted(open_run(run_dir, base=base_dir, warn_missing=False).steps) if s <= horizon]
+    df = analyze([run_dir], base=base_dir, metrics=["alignment_to_final", "subspace_locking"], steps=steps,
                  select=["kind=body", "matrix"], progress=False, cache=False, device="cpu")
     mean = df.groupby(["metric", "step"]).value.mean()
     out = {}
     for metric in ("alignment_to_final", "alignment_to_final_chance", "subspace_locking", "subspace_locking_chance"):
-        out[metric] = {int(s): float(v) for s, v in mean[metric].items()} if metric in mean.index.levels[0] else {}
+        out[metric] = {str(int(s)): float(v) for s, v in mean[metric].items()} if metric in mean.index.levels[0] else {}
     return out
 
 
@@ -112,7 +119,7 @@ def one(regime: str, seed: int, effopd: str | None, lab: Path, out: Path, keep: 
     probe = task.examples("train")[:50]
     clock, hooks, search = {}, [], None
     if effopd is not None:
-        search = EffOPD(lambda m: accuracy(m, tok, task, probe), base, **EFFOPD_PRESETS[effopd])
+        search = EffOPD(lambda m: accuracy(m, tok, task, probe), base, preset=effopd)
         hooks.append(search)
     t0, c0 = time.perf_counter(), time.process_time()
     hooks.append(lambda model, step, log: clock.__setitem__(step, time.perf_counter() - t0))
@@ -124,37 +131,41 @@ def one(regime: str, seed: int, effopd: str | None, lab: Path, out: Path, keep: 
     return {"regime": regime, "seed": seed, "effopd": effopd, "curve": curve,
             "wall": time.perf_counter() - t0, "cpu": time.process_time() - c0, "clock": clock,
             "searches": [r.to_json() for r in (search.history if search else [])],
+            "settings": {"rule": search.rule, "params": search.params} if search else None,
             "base_accuracy": curve[0][1], "params": sum(x.numel() for x in base.parameters())}
 
 
 def summarise(results: list[dict]) -> pd.DataFrame:
+    """One row per (regime, run length T, seed, EffOPD preset): early alignment to ΔW_T vs the speedup to T."""
     rows = []
     for (regime, seed), plain in {(r["regime"], r["seed"]): r for r in results if r["effopd"] is None}.items():
-        steps = REGIMES[regime]["run_steps"]
-        al = plain["alignment"]
-        for eff in EFFOPD_PRESETS:
-            e = next((r for r in results if r["regime"] == regime and r["seed"] == seed and r["effopd"] == eff), None)
-            if e is None:
-                continue
-            row = {"regime": regime, "seed": seed, "effopd": eff, "plain_final": plain["curve"][-1][1],
-                   "effopd_final": e["curve"][-1][1], "base": plain["base_accuracy"]}
-            for frac in EARLY_FRACTIONS:
-                t = int(round(frac * steps))
-                row[f"align@{t}"] = al["alignment_to_final"].get(t, math.nan)
-                row[f"lock@{t}"] = al["subspace_locking"].get(t, math.nan)
-            row["align_chance"] = al["alignment_to_final_chance"].get(int(round(EARLY_FRACTIONS[0] * steps)), math.nan)
-            row["lock_chance"] = al["subspace_locking_chance"].get(int(round(EARLY_FRACTIONS[0] * steps)), math.nan)
-            for frac in (0.9, 0.95):
-                sp, se, ratio = step_speedup(plain["curve"], e["curve"], frac)
-                row[f"steps{int(frac * 100)}"] = f"{sp:.0f}/{se:.0f}"
-                row[f"speedup{int(frac * 100)}"] = ratio
-            half = [a for s, a in plain["curve"] if s >= steps // 4]
-            row["mean_acc_plain"] = sum(half) / len(half)
-            half = [a for s, a in e["curve"] if s >= steps // 4]
-            row["mean_acc_effopd"] = sum(half) / len(half)
-            row["accepted"] = ",".join(str(s["accepted_k"]) for s in e["searches"])
-            row["cpu_plain"], row["cpu_effopd"] = plain["cpu"], e["cpu"]
-            rows.append(row)
+        for T in REGIMES[regime]["horizons"]:
+            al = plain["alignment"][str(T)]
+            pc = [(s, a) for s, a in plain["curve"] if s <= T]
+            for eff in EFFOPD_PRESETS:
+                e = next((r for r in results if r["regime"] == regime and r["seed"] == seed and r["effopd"] == eff),
+                         None)
+                if e is None:
+                    continue
+                ec = [(s, a) for s, a in e["curve"] if s <= T]
+                row = {"regime": regime, "T": T, "lr": REGIMES[regime]["run_lr"], "seed": seed, "effopd": eff,
+                       "base": plain["base_accuracy"], "plain_final": pc[-1][1], "effopd_final": ec[-1][1]}
+                for frac in EARLY_FRACTIONS:
+                    t = int(round(frac * T))
+                    row[f"align@T/{round(1 / frac)}"] = al["alignment_to_final"].get(str(t), math.nan)
+                    row[f"lock@T/{round(1 / frac)}"] = al["subspace_locking"].get(str(t), math.nan)
+                row["align_chance"] = next(iter(al["alignment_to_final_chance"].values()))
+                row["lock_chance"] = next(iter(al["subspace_locking_chance"].values()))
+                for frac in (0.9, 0.95):
+                    sp, se, ratio = step_speedup(pc, ec, frac)
+                    row[f"steps{int(frac * 100)}"] = f"{sp:.0f}/{se:.0f}"
+                    row[f"speedup{int(frac * 100)}"] = ratio
+                late = [a for s, a in pc if s >= T // 4]
+                row["mean_acc_plain"] = sum(late) / len(late)
+                late = [a for s, a in ec if s >= T // 4]
+                row["mean_acc_effopd"] = sum(late) / len(late)
+                row["accepted"] = ",".join(str(x["accepted_k"]) for x in e["searches"] if x["step"] <= T)
+                rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -165,7 +176,7 @@ def plot(results: list[dict], df: pd.DataFrame, path: Path, note: str) -> None:
     import matplotlib.pyplot as plt
 
     regimes = [r for r in REGIMES if r in set(df.regime)]
-    fig, axes = plt.subplots(1, len(regimes) + 1, figsize=(4.6 * (len(regimes) + 1), 3.9))
+    fig, axes = plt.subplots(1, len(regimes) + 1, figsize=(4.6 * (len(regimes) + 1), 4.1))
     colours = {None: "#0072B2", "paper": "#D55E00", "authors": "#009E73"}
     styles = ["-", "--", ":"]
     for ax, regime in zip(axes, regimes):
@@ -179,30 +190,32 @@ def plot(results: list[dict], df: pd.DataFrame, path: Path, note: str) -> None:
                     label=f"{'plain OPD' if r['effopd'] is None else 'EffOPD ' + r['effopd']}, seed {r['seed']}")
             acc = dict(r["curve"])
             hits = [x["step"] for x in r["searches"] if x["accepted_k"] > 0 and x["step"] in acc]
-            ax.scatter(hits, [acc[h] for h in hits], marker="*", s=70, color=colours[r["effopd"]],
+            ax.scatter(hits, [acc[h] for h in hits], marker="*", s=80, color=colours[r["effopd"]],
                        edgecolor="black", linewidth=0.4, zorder=5)
+        for T in REGIMES[regime]["horizons"][:-1]:
+            ax.axvline(T, color="grey", ls=":", lw=1)
         ax.set_xscale("symlog", linthresh=1)
-        ax.set_title(f"{regime} (lr {REGIMES[regime]['run_lr']:g}, {REGIMES[regime]['run_steps']} steps)", fontsize=9)
+        ax.set_ylim(0, 1)
+        ax.set_title(f"{regime}: lr {REGIMES[regime]['run_lr']:g}, {REGIMES[regime]['run_steps']} steps", fontsize=9)
         ax.set_xlabel("optimizer step (symlog); ★ accepted jump")
-        ax.set_ylabel("validation accuracy")
+        ax.set_ylabel("validation accuracy (200 problems)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6, frameon=False, loc="lower right")
     ax = axes[-1]
     markers = {"paper": "o", "authors": "s"}
-    for i, regime in enumerate(regimes):
-        sub = df[df.regime == regime]
-        t = int(round(EARLY_FRACTIONS[1] * REGIMES[regime]["run_steps"]))
+    groups = list(df.groupby(["regime", "T"], sort=False))
+    for i, ((regime, T), sub) in enumerate(groups):
         for eff, g in sub.groupby("effopd"):
-            ax.scatter(g[f"align@{t}"], g["speedup90"].fillna(0.0), marker=markers[eff], s=40,
-                       color=f"C{i}", edgecolor="black", linewidth=0.4,
-                       label=f"{regime}, {eff}")
-        ax.axvline(sub.align_chance.iloc[0], color=f"C{i}", ls=":", lw=1)
+            y = g["speedup90"].fillna(0.0) + (0.03 if eff == "authors" else -0.03)   # side by side where equal
+            ax.scatter(g["align@T/8"], y, marker=markers[eff], s=42, color=f"C{i}", edgecolor="black",
+                       linewidth=0.4, label=f"{regime}, T={T}, {eff}")
+        ax.axvline(sub.align_chance.iloc[0], color="grey", ls=":", lw=1)
     ax.axhline(1.0, color="grey", lw=0.8)
-    ax.set_xlabel("top-20 subspace similarity of ΔW at 12.5 % of the run to ΔW_T\n(dotted: chance k/d per regime)")
-    ax.set_ylabel("EffOPD step speedup to 90 % of plain final\n(0 = never reached)")
-    ax.set_title("alignment vs speedup", fontsize=9)
+    ax.set_xlabel("top-20 subspace similarity of ΔW at T/8 to ΔW_T\n(dotted: chance k/d)")
+    ax.set_ylabel("EffOPD step speedup to 90 % of plain's accuracy at T\n(0 = never reached)")
+    ax.set_title("early alignment vs measured speedup", fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=6, frameon=False)
+    ax.legend(fontsize=5.5, frameon=False, ncol=1, loc="upper left")
     fig.text(0.01, 0.005, note, fontsize=6, color="grey")
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     fig.savefig(path, dpi=130)
@@ -219,11 +232,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--regimes", nargs="+", default=list(REGIMES), choices=list(REGIMES))
-    ap.add_argument("--effopd", nargs="+", default=list(EFFOPD_PRESETS), choices=list(EFFOPD_PRESETS))
+    ap.add_argument("--effopd", nargs="+", default=list(EFFOPD_PRESETS), choices=list(EFFOPD_PRESETS),
+                    help="EffOPD presets to run (opd_dynamics.presets)")
     ap.add_argument("--lab", default="/tmp/effopd-regimes/lab-s{seed}",
                     help="reference-run directory per seed ({seed} is filled in): teacher/ and base/ are reused")
     ap.add_argument("--out", default="/tmp/effopd-regimes")
     ap.add_argument("--from-json", nargs="*", default=None, help="summarise earlier runs' regimes.json files")
+    ap.add_argument("--resume", action="store_true", help="keep the finished runs of OUT/regimes.json")
     a = ap.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -232,21 +247,33 @@ def main() -> None:
         for f in a.from_json:
             results += json.loads(Path(f).read_text())
     else:
+        done = out / "regimes.json"
+        if a.resume and done.exists():   # keep finished runs whose EffOPD settings are the current preset's
+            from opd_dynamics.presets import settings
+
+            results = [r for r in json.loads(done.read_text())
+                       if r["effopd"] is None or r.get("settings") == settings("effopd", r["effopd"])]
         for seed in a.seeds:
             lab = Path(a.lab.format(seed=seed))
             for regime in a.regimes:
+                have = {(r["regime"], r["seed"], r["effopd"]) for r in results}
                 keep = out / f"plain-{regime}-s{seed}"
-                r = one(regime, seed, None, lab, out, keep=keep)
                 base_dir = lab / "base" if REGIMES[regime]["student"] is None else out / f"base-{regime}-s{seed}"
-                r["alignment"] = early_alignment(keep, base_dir, REGIMES[regime]["run_steps"])
-                results.append(r)
-                print(f"{regime} seed {seed} plain: final {r['curve'][-1][1]:.3f}, cpu {r['cpu']:.0f}s", flush=True)
+                if (regime, seed, None) not in have:
+                    r = one(regime, seed, None, lab, out, keep=keep)
+                    results.append(r)
+                    print(f"{regime} seed {seed} plain: final {r['curve'][-1][1]:.3f}, cpu {r['cpu']:.0f}s", flush=True)
+                plain = next(r for r in results if (r["regime"], r["seed"], r["effopd"]) == (regime, seed, None))
+                plain["alignment"] = {str(T): early_alignment(keep, base_dir, T) for T in REGIMES[regime]["horizons"]}
+                done.write_text(json.dumps(results, indent=1))
                 for eff in a.effopd:
+                    if (regime, seed, eff) in have:
+                        continue
                     r = one(regime, seed, eff, lab, out)
                     results.append(r)
                     print(f"{regime} seed {seed} effopd {eff}: final {r['curve'][-1][1]:.3f}, cpu {r['cpu']:.0f}s, "
                           f"accepted {[s['accepted_k'] for s in r['searches']]}", flush=True)
-                (out / "regimes.json").write_text(json.dumps(results, indent=1))
+                    done.write_text(json.dumps(results, indent=1))
         (out / "machine.txt").write_text(machine_note() + "\n")
     df = summarise(results)
     df.to_csv(out / "regimes.csv", index=False)
