@@ -1,4 +1,4 @@
-"""Core update-geometry metrics (SPEC §2–3) against float64 numpy oracles and planted structures."""
+"""Core update-geometry metrics (EffOPD arXiv 2605.11739 App. B, Table 1, Fig. 4b; Geometry of OPD arXiv 2606.07082 App. E) against float64 numpy oracles and planted structures."""
 from __future__ import annotations
 
 import math

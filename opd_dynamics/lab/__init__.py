@@ -10,7 +10,7 @@ Data flow, one file per idea::
     sft.py, opd.py, grpo.py the three losses and their per-step trainers
     loop.py                 the shared optimizer loop: hooks, evaluation, checkpoints
     checkpoints.py          HF-Trainer-style checkpoint-N/ directories and trainer_state.json
-    diagnostics.py          token-level OPD diagnostics (SPEC §7)
+    diagnostics.py          token-level OPD diagnostics (arXiv 2604.13016)
     evaluation.py           verifier accuracy + diagnostics during training
     presets.py, arms.py     preset sizes; run_arm: one OPD / RL / SFT run from W0
     reference.py            build_reference_runs: teacher, W0 and the three runs, cached

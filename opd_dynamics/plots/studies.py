@@ -1,4 +1,4 @@
-"""Intervention and EffOPD figures (SPEC §5–6), drawn from a study frame (see :mod:`.frames`).
+"""Intervention and EffOPD figures (EffOPD arXiv 2605.11739 Figs. 1a–4c and §4; docs/interventions.md, docs/effopd.md), drawn from a study frame (see :mod:`.frames`).
 
 Colour always says which run; line style and marker say which variant; dashed grey lines are references.
 """
