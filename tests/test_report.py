@@ -12,7 +12,6 @@ import pytest
 from opd_dynamics.errors import OPDError
 from opd_dynamics.report import build_report, load_inputs, to_latex
 from opd_dynamics.table import save
-from plot_data import long_table, studies  # noqa: F401,F811  (fixtures)
 
 
 @pytest.fixture(scope="module")
