@@ -155,6 +155,7 @@ def test_online_hook_in_the_reference_loop_moves_the_anchor():
     assert all(r.scores[0] <= r.best for r in hook.history)
 
 
+@pytest.mark.slow
 def test_callback_inside_a_real_transformers_trainer(tmp_path):
     from transformers import Trainer, TrainingArguments
 
@@ -173,6 +174,7 @@ def test_callback_inside_a_real_transformers_trainer(tmp_path):
     _check_trainer_searches(state["log_history"], first, last, [1, 2, 4])
 
 
+@pytest.mark.slow
 def test_callback_inside_trl_on_policy_distillation(tmp_path, monkeypatch):
     """TRL's GKDTrainer with lmbda=1 (student rollouts only) and beta=1 (reverse KL) is on-policy distillation."""
     monkeypatch.setenv("TRL_EXPERIMENTAL_SILENCE", "1")

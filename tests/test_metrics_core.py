@@ -158,12 +158,14 @@ def test_subspace_locking_and_rank1_pca():
     w0, steps, _ = _steps_keeping_direction()
     lock = trajectory("subspace_locking", w0, steps)
     assert all(v == pytest.approx(1.0, abs=1e-4) for v in lock.values())
-    # A truly fixed u₁ has a zero-variance trajectory: EVR is undefined, reported NaN rather than the PCA of rounding
-    # noise. Planted on W₀ = 0 with power-of-two step scales, so every float32 ΔW_t is exactly (t/8)·ΔW_8 (with a
-    # random W₀ the float32 checkpoints themselves move u₁ by ~1e-6, which is real, measurable motion).
+    # u₁ that moves less than the Gram path's vector accuracy (~1e-7) has no direction of motion: EVR is reported NaN
+    # rather than the PCA of rounding noise. Planted on W₀ = 0 with power-of-two step scales (every float32 ΔW_t is
+    # exactly (t/8)·ΔW_8) and one entry of ΔW_1 nudged by one float32 ulp, which moves u₁ by ~1e-9, not zero. (With a
+    # random W₀ the float32 checkpoints themselves move u₁ by ~1e-6: real, measurable motion.)
     _, _, base = _steps_keeping_direction()
-    zero = np.zeros_like(base, dtype=np.float32)
-    evr = trajectory("rank1_pca_evr", zero, {s: ((s / 8) * base).astype(np.float32) for s in (1, 2, 4, 8)})
+    steps = {s: ((s / 8) * base).astype(np.float32) for s in (1, 2, 4, 8)}
+    steps[1][0, 0] = np.nextafter(steps[1][0, 0], np.float32(np.inf))
+    evr = trajectory("rank1_pca_evr", np.zeros_like(steps[1]), steps)
     (last, vals), = evr.items()
     assert last == 8
     assert math.isnan(vals["rank1_pca_evr1"]) and math.isnan(vals["rank1_pca_evr2"])

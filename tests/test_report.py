@@ -158,6 +158,7 @@ def _distinct_colours(png) -> int:
     return len({tuple(p) for p in flat[:: 7]})
 
 
+@pytest.mark.slow
 def test_headless_browser_screenshot(report, tmp_path):
     """The report renders in a real browser: the screenshot is full of figure colours, not a blank page."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
