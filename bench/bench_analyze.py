@@ -128,9 +128,11 @@ def job_naive(root: Path) -> dict:
 
 def job_analyze(root: Path) -> dict:
     import opd_dynamics
+    from opd_dynamics.executors import default_threads
 
+    threads = default_threads(1)  # what analyze is about to choose (other processes' load now, the affinity mask)
     df = opd_dynamics.analyze([root / "run"], base=root / "base", progress=False)
-    return {"rows": len(df)}
+    return {"rows": len(df), "threads": threads}
 
 
 def peak_rss_mb() -> float:
@@ -188,6 +190,7 @@ def main() -> None:
     for j in res:
         print(f"| {j} | {med[j]['seconds']:.1f} | {med[j]['peak_rss_mb']:.0f} |")
     print(f"| svdvals only (compute floor, inside `svd`) | {svd:.1f} | |")
+    print(f"\nanalyze chose {med['analyze'].get('threads', '?')} compute thread(s); torch's default for the floor")
     print(f"\nI/O floor: {med['io']['bytes'] / 2**30:.2f} GiB read")
     print(f"analyze / (I/O floor + one svdvals per matrix) = {an / (io + svd):.2f}  (target <= 2)")
     print(f"analyze / naive = {an / naive:.2f}  (target < 1)")

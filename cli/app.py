@@ -191,6 +191,9 @@ def _mount_subcommands() -> None:
     app.add_typer(effopd.app, name="effopd", help="EffOPD extrapolation: offline replay on saved runs.")
     app.command("replay", epilog="**Example**\n\n    opd-dynamics replay studies/sliding/manifest.json")(
         interventions.replay_cmd)
+    from opd_dynamics_cli import consistency
+
+    app.command("mask-consistency", epilog=consistency.EPILOG)(consistency.mask_consistency_cmd)
 
 
 _mount_subcommands()

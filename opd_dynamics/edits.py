@@ -15,7 +15,8 @@ The maths (float64, every matrix in the (out, in) orientation of :mod:`opd_dynam
 
 An edit is a factory whose keyword arguments are its settings; the built edit is a callable
 ``apply(w0, delta, others) -> new_delta`` with ``needs`` (the other steps whose update it reads, as step
-references: ``"final"``, ``"20%"`` of training or a step number; the engine passes them in ``others``).
+references: ``"final"``, ``"20%"`` of training or a step number; the engine passes them in ``others``). Other
+packages add edits under the entry-point group ``opd_dynamics.edits`` (see ``docs/architecture.md``).
 
 >>> spec = EditSpec.parse("spectral:percent=10,rescale=true")
 >>> spec, EditSpec.from_json(spec.to_json()) == spec
@@ -33,7 +34,7 @@ from typing import Any, Callable, ClassVar, Literal
 import torch
 
 from .errors import SelectionError
-from .plugins import FactoryFacts, PluginSpec, check_settings, lookup
+from .plugins import FactoryFacts, PluginSpec, Registry, check_settings
 from .linalg import exact_svd, gram_svd, numerical_rank
 
 Tensor = torch.Tensor
@@ -118,7 +119,8 @@ class EditInfo(FactoryFacts):
     matrix: bool = False
 
 
-EDITS: dict[str, EditInfo] = {}
+ENTRY_POINT_GROUP = "opd_dynamics.edits"
+EDITS: Registry[EditInfo] = Registry("edit", ENTRY_POINT_GROUP)
 
 
 @dataclass(frozen=True)
@@ -137,8 +139,7 @@ def edit(name: str, *, reads_delta: bool = True, matrix: bool = False) -> Callab
     """Register an edit factory under ``name``; the factory returns ``fn`` or ``(fn, needs)``."""
 
     def wrap(factory):
-        EDITS[name] = EditInfo(name, factory, reads_delta, matrix)
-        factory.edit_info = EDITS[name]
+        factory.edit_info = EDITS.add(EditInfo(name, factory, reads_delta, matrix))
         return factory
 
     return wrap
@@ -146,7 +147,7 @@ def edit(name: str, *, reads_delta: bool = True, matrix: bool = False) -> Callab
 
 def get(name: str) -> EditInfo:
     """Look an edit up; an unknown name is answered with the nearest valid names."""
-    return lookup(name, EDITS, "edit")
+    return EDITS.get(name)
 
 
 @dataclass(frozen=True)
@@ -221,5 +222,5 @@ def project_edit(onto: str = "20%", k: int = 16, side: Literal["left", "right"] 
 
 
 def available() -> dict[str, EditInfo]:
-    """All registered edits, by name."""
-    return dict(sorted(EDITS.items()))
+    """All registered edits (the built-ins above and entry points), by name."""
+    return EDITS.available()

@@ -241,10 +241,11 @@ def stream(plans: list[TensorPlan], job: Job, *, memo=None, on_read: Callable[[i
     try:
         for p, refs, todo, order in schedule:
             base = _Base(p, device, None)
-            cache: dict[str, dict] = {part.name: {} for part in p.parts}
             states: dict[tuple[str, int], dict[int, object]] = {}
             if memo is not None:
                 states.update(memo.states(p, refs, todo))
+            work = _TensorWork(p, base, metrics, states, {part.name: {} for part in p.parts}, keep_after,
+                               spectrum_method, nonfinite, memo)
             held: dict[int, object] = {}  # the raw tensors a later step is measured against
             for s in order:
                 raw = next(reader)
@@ -254,8 +255,7 @@ def stream(plans: list[TensorPlan], job: Job, *, memo=None, on_read: Callable[[i
                 if s in todo:
                     ref_raw = held[refs[s]]
                     for part in p.parts:
-                        out = _one_view(p, part, s, refs[s], raw, ref_raw, base, metrics, states, cache[part.name],
-                                        keep_after, spectrum_method, nonfinite, todo[s], memo)
+                        out = work.view(part, s, refs[s], raw, ref_raw, todo[s])
                         if memo is None:
                             rows.extend(out)
                     del ref_raw
@@ -267,7 +267,7 @@ def stream(plans: list[TensorPlan], job: Job, *, memo=None, on_read: Callable[[i
                 rows.extend(finalize(p, metrics, states, refs))
             if memo is not None:
                 memo.done(p)
-            del held, base
+            del held, base, work
     finally:
         reader.close()
     return rows
@@ -329,36 +329,56 @@ def _update(raw, ref_raw, ref_step: int, base: _Base, part: Part, keep_after: bo
     return delta, ref_part, after
 
 
-def _one_view(p, part, step, ref_step, raw, ref_raw, base, built, states, cache, keep_after, method, nonfinite,
-              want=None, memo=None):
-    delta, ref_part, after = _update(raw, ref_raw, ref_step, base, part, keep_after)
-    view = ModuleView(p.run.name, part, step, ref_step, delta, ref_part, after, method, cache,
-                      base_fn=lambda: _part(base.get(), part))
-    finite = (view.factored is None or _finite(view.factored)) and math.isfinite(view.delta_norm)
-    if not finite:
-        bad = p.run.steps[step] if not _finite(raw) else (
-            p.run.base if ref_step == 0 else p.run.steps[ref_step])
-        where = f"{bad.file_of(p.tensor)}: tensor {p.tensor!r} has NaN/Inf values"
-        if nonfinite == "error":
-            raise CheckpointError(where, hint="drop this step with --steps, or pass --nonfinite nan to record NaN rows")
-        warnings.warn(where + "; its metrics are recorded as NaN", stacklevel=2)
-    out = []
-    for i, (spec, info, m) in enumerate(built):
-        if want is not None and i not in want:
-            continue  # the memo has this cell
-        if info.matrix and not view.is_matrix:
+@dataclass
+class _TensorWork:
+    """What every (part, step) view of one tensor shares while its steps stream past.
+
+    ``metrics`` is :func:`built` of the job's specs; ``states`` the trajectory states {(part, metric index): {step:
+    state}}; ``cache`` the per-part spectrum caches {part name: {...}} that :class:`ModuleView` fills; ``memo`` the
+    incremental cache (or ``None``).
+    """
+
+    p: TensorPlan
+    base: _Base
+    metrics: list
+    states: dict
+    cache: dict
+    keep_after: bool
+    method: str
+    nonfinite: str
+    memo: object = None
+
+    def view(self, part: Part, step: int, ref_step: int, raw, ref_raw, want=None) -> list[Row]:
+        """Rows of every metric (those in ``want``, when given) on one part at one step; trajectory states kept."""
+        p, base, memo = self.p, self.base, self.memo
+        delta, ref_part, after = _update(raw, ref_raw, ref_step, base, part, self.keep_after)
+        view = ModuleView(p.run.name, part, step, ref_step, delta, ref_part, after, self.method, self.cache[part.name],
+                          base_fn=lambda: _part(base.get(), part))
+        finite = (view.factored is None or _finite(view.factored)) and math.isfinite(view.delta_norm)
+        if not finite:
+            bad = p.run.steps[step] if not _finite(raw) else (
+                p.run.base if ref_step == 0 else p.run.steps[ref_step])
+            where = f"{bad.file_of(p.tensor)}: tensor {p.tensor!r} has NaN/Inf values"
+            if self.nonfinite == "error":
+                raise CheckpointError(where, hint="drop this step with --steps, or pass --nonfinite nan to record NaN rows")
+            warnings.warn(where + "; its metrics are recorded as NaN", stacklevel=2)
+        out = []
+        for i, (spec, info, m) in enumerate(self.metrics):
+            if want is not None and i not in want:
+                continue  # the memo has this cell
+            if info.matrix and not view.is_matrix:
+                if memo is not None:
+                    memo.put(p, part, step, ref_step, i, rows=[])
+                continue
+            if info.trajectory:
+                state = m.collect(view) if finite else None
+                self.states.setdefault((part.name, i), {})[step] = state
+                if memo is not None:
+                    memo.put(p, part, step, ref_step, i, state=state)
+                continue
+            value = m(view) if finite else {o: math.nan for o in info.outputs}
+            cell = list(_emit(p, part, step, ref_step, info, value))
             if memo is not None:
-                memo.put(p, part, step, ref_step, i, rows=[])
-            continue
-        if info.trajectory:
-            state = m.collect(view) if finite else None
-            states.setdefault((part.name, i), {})[step] = state
-            if memo is not None:
-                memo.put(p, part, step, ref_step, i, state=state)
-            continue
-        value = m(view) if finite else {o: math.nan for o in info.outputs}
-        cell = list(_emit(p, part, step, ref_step, info, value))
-        if memo is not None:
-            memo.put(p, part, step, ref_step, i, rows=cell)
-        out.extend(cell)
-    return out
+                memo.put(p, part, step, ref_step, i, rows=cell)
+            out.extend(cell)
+        return out

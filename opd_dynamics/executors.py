@@ -66,10 +66,9 @@ def default_threads(workers: int = 1) -> int:
         return min(int(forced), per)
     if workers > 1:
         return per
-    try:
-        busy = os.getloadavg()[0] / (os.cpu_count() or cpus)  # the machine's busy fraction
-    except (AttributeError, OSError):
-        busy = 0.0
+    from .machine import others_running
+
+    busy = others_running() / (os.cpu_count() or cpus)  # the machine's busy fraction, this process not counted
     free = round(cpus * max(0.0, 1.0 - busy))
     return max(1, min(per, torch.get_num_threads(), free))
 

@@ -45,6 +45,41 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def _own_running() -> int:
+    """Threads of this process that are runnable right now (state R in /proc/self/task/*/stat)."""
+    n = 0
+    for t in os.listdir("/proc/self/task"):
+        try:
+            stat = Path(f"/proc/self/task/{t}/stat").read_text()
+        except OSError:
+            continue  # the thread ended meanwhile
+        n += stat[stat.rfind(")") + 2:][:1] == "R"
+    return n
+
+
+def others_running(samples: int = 5, gap: float = 0.004) -> float:
+    """How many CPUs other processes keep busy *now*: runnable tasks system-wide (``/proc/loadavg``'s 4th field)
+    minus this process's own runnable threads, the median of a few samples ~4 ms apart (about 20 ms in all).
+
+    Why not the 1-minute load average: it lags by a minute and counts this process's own recent work — a benchmark
+    that had just run two 2-core jobs saw load 2 on an idle 2-core machine, chose one thread, and measured
+    ``analyze`` at 2× its floor (docs/performance.md). Falls back to that average where ``/proc`` is absent.
+    """
+    try:
+        vals = []
+        for i in range(samples):
+            if i:
+                time.sleep(gap)
+            running = int(Path("/proc/loadavg").read_text().split()[3].split("/")[0])
+            vals.append(max(0, running - _own_running()))
+        return float(sorted(vals)[len(vals) // 2])
+    except (OSError, ValueError, IndexError):
+        try:
+            return os.getloadavg()[0]
+        except (AttributeError, OSError):
+            return 0.0
+
+
 def blas_libraries() -> str:
     """torch's and numpy's BLAS, in one short string."""
     import numpy as np
@@ -66,7 +101,8 @@ def describe() -> str:
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return (f"{cpu_model()}; {usable_cpus()} usable CPUs; torch threads {torch.get_num_threads()}; "
-            f"{blas_libraries()}; BLAS for float64 Gram/eigh: {blas_backend()}; load average {load:.2f}")
+            f"{blas_libraries()}; BLAS for float64 Gram/eigh: {blas_backend()}; load average {load:.2f}, "
+            f"other processes running now {others_running():.0f}")
 
 
 def _cache_file() -> Path:

@@ -1,5 +1,11 @@
-"""What every plug-in family (metrics, evaluators, edits) shares: the frozen ``name + settings`` spec that rebuilds
-a plug-in from a manifest, the ``name:key=value,…`` syntax, and did-you-mean lookup.
+"""What every plug-in family (metrics, evaluators, edits) shares: one :class:`Registry` (decorator registration,
+entry points, did-you-mean lookup), the frozen ``name + settings`` spec that rebuilds a plug-in from a manifest, and
+the ``name:key=value,…`` syntax.
+
+Each family owns one ``Registry`` and a decorator that adds to it; its built-ins register themselves when the family
+package is imported (``metrics/__init__.py``, ``evaluators/__init__.py``; ``edits.py`` holds its own), and other
+packages add plug-ins under the entry-point group ``opd_dynamics.<family>``. The registry never imports its plug-ins,
+so there is no import circle.
 
 >>> from opd_dynamics.metrics.registry import Spec
 >>> Spec.parse("alignment_to_final:k=10,side=right").args
@@ -13,9 +19,10 @@ import json
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Mapping
+from importlib import metadata
+from typing import Any, Callable, ClassVar, Generic, Mapping, TypeVar
 
-from .errors import SelectionError
+from .errors import OPDError, SelectionError
 
 
 class FactoryFacts:
@@ -41,6 +48,75 @@ def lookup(name: str, known: Mapping[str, Any], what: str, more: str = "") -> An
         hint = f"did you mean {', '.join(near)}?" if near else f"choose from: {', '.join(sorted(known))}"
         raise SelectionError(f"unknown {what} {name!r}", hint=hint + more)
     return known[name]
+
+
+class PluginError(OPDError):
+    """A plug-in package is broken: its entry point does not load, or it registers a name that is taken."""
+
+
+Info = TypeVar("Info")
+
+
+class Registry(Generic[Info]):
+    """One plug-in family: name -> info record (a frozen dataclass with ``name`` and ``factory``).
+
+    Records are added by the family's decorator (:meth:`add`); the entry points of group ``opd_dynamics.<family>``
+    (``name = "pkg.module:factory"``, the factory decorated) are loaded once, on the first :meth:`available`.
+
+    >>> from dataclasses import dataclass
+    >>> @dataclass(frozen=True)
+    ... class Info:
+    ...     name: str
+    ...     factory: object
+    >>> reg = Registry("widget", "opd_dynamics.widgets")
+    >>> _ = reg.add(Info("knob", int))
+    >>> list(reg.available()), reg.get("knob").factory
+    (['knob'], <class 'int'>)
+    """
+
+    def __init__(self, kind: str, group: str, hint: str = ""):
+        self.kind = kind            # "metric", "evaluator", "edit": how errors name one
+        self.group = group          # the entry-point group
+        self.hint = hint            # appended to an unknown name's hint, e.g. the CLI command that lists them
+        self._items: dict[str, Info] = {}
+        self._entry_points_loaded = False
+
+    def add(self, info: Info) -> Info:
+        """Register ``info`` under ``info.name``; a name taken by another factory is an error (the same factory
+        registered again, e.g. its module re-imported, replaces itself)."""
+        old = self._items.get(info.name)
+        if old is not None and _qualname(old.factory) != _qualname(info.factory):
+            raise PluginError(f"{self.kind} {info.name!r} registered twice: by {_qualname(old.factory)} and "
+                              f"{_qualname(info.factory)}", hint=f"give one of them another {self.kind} name")
+        self._items[info.name] = info
+        return info
+
+    def available(self) -> dict[str, Info]:
+        """Every registered plug-in (built-ins and entry points), by name."""
+        if not self._entry_points_loaded:
+            self._entry_points_loaded = True
+            for ep in metadata.entry_points(group=self.group):
+                self._load(ep)
+        return dict(sorted(self._items.items()))
+
+    def _load(self, ep) -> None:
+        where = f"entry point {ep.name} = {ep.value!r} (group {self.group})"
+        try:
+            ep.load()
+        except Exception as e:  # a broken third-party package: name it, do not crash with its traceback
+            raise PluginError(f"{where} does not load: {type(e).__name__}: {e}",
+                              hint="fix or uninstall the package that declares it") from None
+        if ep.name not in self._items:
+            raise PluginError(f"{where} loads but registers no {self.kind} {ep.name!r}",
+                              hint=f"decorate its factory with @{self.kind}({ep.name!r}, ...)")
+
+    def get(self, name: str) -> Info:
+        """Look a plug-in up; an unknown name is answered with the nearest valid names."""
+        return lookup(name, self.available(), self.kind, self.hint)
+
+
+def _qualname(factory: Any) -> str:
+    return f"{getattr(factory, '__module__', '?')}.{getattr(factory, '__qualname__', repr(factory))}"
 
 
 def check_settings(factory: Callable, args: Mapping[str, Any], name: str, what: str, *leading) -> None:

@@ -129,11 +129,11 @@ _SHOWN = ORDER + ("hill_alpha", "rank1_pca_evr1", "rank1_pca_evr2", "sparsity_bf
 
 
 def _fmt(metric: str, v: float) -> str:
-    from .plots._style import PERCENT_METRICS
+    from .metrics.registry import output
 
     if pd.isna(v):
         return "–"
-    return f"{100 * v:.1f}%" if metric in PERCENT_METRICS else f"{v:.4g}"
+    return f"{100 * v:.1f}%" if output(metric).unit == "%" else f"{v:.4g}"
 
 
 def _shown(wide: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:

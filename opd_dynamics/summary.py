@@ -17,8 +17,6 @@ from .table import BODY_KINDS, KIND, METRIC, RUN, STEP, VALUE
 ORDER = ("spectral_norm", "spectral_ratio", "effective_rank", "top1pct_ratio", "stable_rank",
          "alignment_to_final", "alignment_to_final_chance", "subspace_locking", "subspace_locking_chance",
          "frobenius", "relative_update")
-PERCENT = {"spectral_ratio", "top1pct_ratio", "alignment_to_final", "alignment_to_final_chance", "subspace_locking",
-           "subspace_locking_chance", "sparsity_bf16"}
 TO_FINAL = ("alignment_to_final", "alignment_to_final_chance", "subspace_locking", "subspace_locking_chance")
 """Columns that compare a step with the run's final step: 1 (or their chance level) there by construction."""
 
@@ -71,11 +69,14 @@ def informative(wide: pd.DataFrame, df: pd.DataFrame | None = None) -> tuple[pd.
 
 
 def format_table(wide: pd.DataFrame, df: pd.DataFrame | None = None) -> str:
-    """Plain-text rendering with percentages where the paper uses them; duplicate columns left out with a note."""
+    """Plain-text rendering with percentages where the paper uses them (an output whose unit is "%"); duplicate columns
+    left out with a note."""
+    from .metrics.registry import output
+
     shown, notes = informative(wide, df)
     shown = shown.copy()
     for c in shown.columns:
-        if c.split("[", 1)[0] in PERCENT:
+        if c not in (RUN, STEP) and output(c).unit == "%":
             shown[c] = shown[c].map(lambda v: "—" if v != v else f"{100 * v:.1f}%")
         elif c not in (RUN, STEP):
             shown[c] = shown[c].map(lambda v: "—" if v != v else f"{v:.4g}")

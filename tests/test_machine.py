@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
+import torch
 
 from opd_dynamics import machine
 from opd_dynamics.errors import OPDError
@@ -40,3 +42,30 @@ def test_override_and_bad_value(monkeypatch):
 def test_calibration_times_both_backends():
     times = machine.calibrate()
     assert set(times) == set(machine.BACKENDS) and all(t > 0 for t in times.values())
+
+
+def test_others_running_counts_runnable_tasks_minus_our_own(monkeypatch):
+    real = machine.Path.read_text
+    monkeypatch.setattr(machine.Path, "read_text",
+                        lambda self, *a, **k: "9.50 7.00 3.00 5/812 4242\n" if str(self) == "/proc/loadavg"
+                        else real(self, *a, **k))
+    monkeypatch.setattr(machine, "_own_running", lambda: 2)
+    assert machine.others_running(gap=0) == 3.0  # 5 runnable now, 2 of them ours; the stale 9.5 average is ignored
+    monkeypatch.setattr(machine, "_own_running", lambda: 7)
+    assert machine.others_running(gap=0) == 0.0  # never negative
+
+
+def test_own_running_sees_the_calling_thread():
+    assert machine._own_running() >= 1  # the thread asking is running
+
+
+def test_threads_follow_what_others_use_now_not_the_load_average(monkeypatch):
+    from opd_dynamics import executors
+
+    monkeypatch.delenv("OPD_DYNAMICS_THREADS", raising=False)
+    cpus = executors.cpu_budget()
+    monkeypatch.setattr(machine, "others_running", lambda: 0.0)
+    monkeypatch.setattr(executors.os, "getloadavg", lambda: (50.0, 50.0, 50.0), raising=False)
+    assert executors.default_threads() == min(cpus, torch.get_num_threads())  # an idle machine after a busy minute
+    monkeypatch.setattr(machine, "others_running", lambda: float(os.cpu_count()))
+    assert executors.default_threads() == 1  # every CPU taken by others now

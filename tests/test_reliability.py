@@ -178,6 +178,16 @@ def case_effopd_bad_rule(tmp, runs, res):
             tmp / "out", "--rule '=>' not understood")
 
 
+def case_effopd_bad_preset(tmp, runs, res):
+    return (["effopd", "replay", runs["opd"], "--base", runs["base"], "--task", "lab:tiny", "--preset", "author"],
+            tmp / "out", "preset 'author' unknown")
+
+
+def case_effopd_bad_params(tmp, runs, res):
+    return (["effopd", "replay", runs["opd"], "--base", runs["base"], "--task", "lab:tiny", "--params", "all"],
+            tmp / "out", "params='all' not understood")
+
+
 def case_replay_manifest_not_utf8(tmp, runs, res):
     (tmp / "study").mkdir()
     (tmp / "study" / "manifest.json").write_bytes(b'{"tool": "\xff"}')

@@ -35,7 +35,7 @@ class EffOPDCallback(TrainerCallback):
         evaluator: an evaluator spec (:mod:`opd_dynamics.evaluators`), default ``accuracy:split=validation,limit=50``.
         task_options: TaskSpec options (columns, answer_regex, chat_template, limit, stop, max_new_tokens).
         tokenizer: default: the trainer's ``processing_class``.
-        **kwargs: :class:`~opd_dynamics.effopd.online.EffOPD`'s (``ks``, ``rule``, …).
+        **kwargs: :class:`~opd_dynamics.effopd.online.EffOPD`'s (``ks``, ``rule``, ``params``, ``preset``, …).
     """
 
     def __init__(self, score: Callable | None = None, *, task: Any = None, evaluator: str = DEFAULT_EVALUATOR,

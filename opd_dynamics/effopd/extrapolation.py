@@ -3,8 +3,12 @@
 At a power-of-two step t = 2ⁿ, with Δ_n = W_{2ⁿ} − W_{2ⁿ⁻¹} (the reference being the weights *after* the
 previous extrapolation, as in the authors' code), try W̃_k = W_{2ⁿ} + 2k·Δ_n for k = 1 … 5 in order; accept a
 candidate whose score is ≥ the best so far (``rule=">="``, the paper; ``">"`` is the authors' code), stop at
-the first failure. Only attention and MLP weight matrices are extrapolated — embeddings, lm_head and norms
-are not (the authors' name matching also touched some norms; that accident is not copied).
+the first failure. By default (``params="weights"``, the paper's text) only attention and MLP weight matrices are
+extrapolated — embeddings, lm_head and norms are not. ``params="authors"`` copies the released code's substring
+match (``_should_modify_param`` in caiyuchen-ustc/EffOPD ``verl/workers/fsdp_workers.py``): every parameter whose
+lower-cased name contains one of :data:`AUTHORS_KEYWORDS`, which also takes attention/MLP biases, q/k norms,
+``post_attention_layernorm`` (it contains "attention") and the MoE router ``mlp.gate``. ``preset="authors"``
+(:mod:`opd_dynamics.presets`) selects both ``rule=">"`` and ``params="authors"``.
 
 >>> scores = {0: 0.5, 1: 0.6, 2: 0.6, 3: 0.4}
 >>> r = search(lambda k: scores[k], ks=(1, 2, 3, 4, 5))
@@ -15,16 +19,20 @@ are not (the authors' name matching also touched some norms; that accident is no
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 
 from ..errors import OPDError
 from ..naming import classify
+from ..patching import patched
 
 RULES = (">=", ">")
+PARAMS = ("weights", "weights+bias", "authors")
+AUTHORS_KEYWORDS = ("attn", "self_attn", "attention", "q_proj", "k_proj", "v_proj", "o_proj",
+                    "mlp", "feed_forward", "ffn", "gate_proj", "up_proj", "down_proj")
+"""The released code's keywords, matched as substrings of the lower-cased parameter name."""
 DEFAULT_KS = (1, 2, 3, 4, 5)
 
 
@@ -69,8 +77,27 @@ def search(score_at: Callable[[int], float], *, ks=DEFAULT_KS, rule: str = ">=",
     return result
 
 
-def extrapolated_names(names, *, include_bias: bool = False) -> list[str]:
-    """Parameter names EffOPD extrapolates: attention and MLP weight matrices (and their biases if asked)."""
+def extrapolated_names(names, *, include_bias: bool = False, params: str | None = None) -> list[str]:
+    """Parameter names EffOPD extrapolates.
+
+    ``params="weights"`` (default): attention and MLP weight matrices; ``"weights+bias"`` (or ``include_bias``):
+    and their biases; ``"authors"``: the released code's substring match (:data:`AUTHORS_KEYWORDS`).
+
+    >>> names = ["model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.q_proj.bias",
+    ...          "model.layers.0.self_attn.q_norm.weight", "model.layers.0.post_attention_layernorm.weight",
+    ...          "model.layers.0.input_layernorm.weight", "model.layers.0.mlp.gate.weight", "model.norm.weight"]
+    >>> [n.split("layers.0.")[-1] for n in extrapolated_names(names)]
+    ['self_attn.q_proj.weight']
+    >>> [n.split("layers.0.")[-1] for n in extrapolated_names(names, params="authors")]
+    ['self_attn.q_proj.weight', 'self_attn.q_proj.bias', 'self_attn.q_norm.weight', 'post_attention_layernorm.weight', 'mlp.gate.weight']
+    """
+    params = params or ("weights+bias" if include_bias else "weights")
+    if params not in PARAMS:
+        raise OPDError(f"params={params!r} not understood",
+                       hint="use weights (paper), weights+bias, or authors (the released code's name match)")
+    if params == "authors":
+        return [n for n in names if any(k in n.lower() for k in AUTHORS_KEYWORDS)]
+    include_bias = params == "weights+bias"
     out = []
     for n in names:
         kind, _layout = classify(n)
@@ -80,56 +107,31 @@ def extrapolated_names(names, *, include_bias: bool = False) -> list[str]:
     return out
 
 
-class Extrapolator:
-    """Moves a live model's selected parameters along Δ in place: W ← W_cur + c·Δ, and back exactly.
-
-    ``W_cur`` (the weights at the search step) is kept so every candidate is built from it, and the
-    accepted one is exactly W_cur + 2k·Δ (no accumulation of rounding across candidates).
-    """
-
-    def __init__(self, params: dict[str, torch.nn.Parameter], delta: dict[str, torch.Tensor]):
-        missing = sorted(set(delta) - set(params))
-        if missing:
-            raise OPDError(f"extrapolation names {missing[0]!r} that the model does not have",
-                           hint="the checkpoints and the model must share parameter names")
-        self.params = {n: params[n] for n in delta}
-        self.delta = delta
-        self.current = {n: p.detach().clone() for n, p in self.params.items()}
-
-    @torch.no_grad()
-    def set(self, c: float) -> None:
-        for n, p in self.params.items():
-            p.copy_(self.current[n] + c * self.delta[n].to(p.device, p.dtype))
-
-    @torch.no_grad()
-    def restore(self) -> None:
-        for n, p in self.params.items():
-            p.copy_(self.current[n])
-
-    @contextmanager
-    def trying(self) -> Iterator["Extrapolator"]:
-        try:
-            yield self
-        except BaseException:
-            self.restore()
-            raise
-
-
 def search_model(model: torch.nn.Module, delta: dict[str, torch.Tensor], score: Callable[[torch.nn.Module], float],
                  *, ks=DEFAULT_KS, rule: str = ">=", step: int = 0, keep: bool = True) -> SearchResult:
     """Search on a live model whose weights are W_{2ⁿ}; leave it at the accepted candidate (``keep``) or restore.
 
-    ``delta`` maps parameter names to Δ_n (any device/dtype; cast per parameter).
+    ``delta`` maps parameter names to Δ_n (any device/dtype; cast per parameter). Every candidate is built from the
+    kept W_{2ⁿ} (:func:`opd_dynamics.patching.patched`), so the accepted one is exactly W_{2ⁿ} + 2k·Δ (no rounding
+    accumulates across candidates), and an exception in ``score`` leaves the model bitwise at W_{2ⁿ}.
     """
-    ex = Extrapolator(dict(model.named_parameters()), delta)
-    with ex.trying():
+    params = dict(model.named_parameters())
+    missing = sorted(set(delta) - set(params))
+    if missing:
+        raise OPDError(f"extrapolation names {missing[0]!r} that the model does not have",
+                       hint="the checkpoints and the model must share parameter names")
+    with patched({n: params[n] for n in delta}) as patch:
+        def move(c: float) -> None:  # W ← W_{2ⁿ} + c·Δ
+            for n, d in delta.items():
+                p = patch.params[n]
+                patch.write(n, patch.original(n) + c * d.to(p.device, p.dtype))
+
         def score_at(k: int) -> float:
-            ex.set(2 * k)
+            move(2 * k)
             return float(score(model))
 
         result = search(score_at, ks=ks, rule=rule, step=step)
         if keep:
-            ex.set(2 * result.accepted_k)
-        else:
-            ex.restore()
+            move(2 * result.accepted_k)
+            patch.commit()
     return result

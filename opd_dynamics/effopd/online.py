@@ -18,6 +18,7 @@ from typing import Callable
 
 import torch
 
+from ..presets import resolve
 from .extrapolation import DEFAULT_KS, SearchResult, extrapolated_names, is_power_of_two, search_model
 
 
@@ -25,10 +26,14 @@ class EffOPD:
     """State of an online EffOPD search across a training run."""
 
     def __init__(self, score: Callable[[torch.nn.Module], float], model: torch.nn.Module | None = None, *,
-                 ks=DEFAULT_KS, rule: str = ">=", include_bias: bool = False, anchor_device: str = "cpu",
-                 max_step: int | None = None):
-        self.score, self.ks, self.rule = score, tuple(ks), rule
-        self.include_bias, self.anchor_device, self.max_step = include_bias, torch.device(anchor_device), max_step
+                 ks=DEFAULT_KS, rule: str | None = None, include_bias: bool = False, params: str | None = None,
+                 preset: str | None = None, anchor_device: str = "cpu", max_step: int | None = None):
+        """``rule`` and ``params`` default to ``preset``'s (``paper``: ``>=`` and weights only; ``authors``: ``>``
+        and the released code's name match, see :mod:`opd_dynamics.presets`)."""
+        chosen = resolve("effopd", preset, rule=rule, params=params or ("weights+bias" if include_bias else None))
+        self.score, self.ks, self.rule, self.params = score, tuple(ks), chosen["rule"], chosen["params"]
+        extrapolated_names([], params=self.params)  # a bad name fails here, before training
+        self.anchor_device, self.max_step = torch.device(anchor_device), max_step
         self.anchor: dict[str, torch.Tensor] | None = None
         self.history: list[SearchResult] = []
         if model is not None:
@@ -36,7 +41,7 @@ class EffOPD:
 
     def _params(self, model) -> dict[str, torch.nn.Parameter]:
         params = dict(model.named_parameters())
-        return {n: params[n] for n in extrapolated_names(params, include_bias=self.include_bias)}
+        return {n: params[n] for n in extrapolated_names(params, params=self.params)}
 
     @torch.no_grad()
     def start(self, model: torch.nn.Module) -> None:

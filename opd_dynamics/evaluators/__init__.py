@@ -6,8 +6,13 @@ reference solutions), ``kl`` (−KL to the teacher or the final checkpoint on fi
     ctx = EvalContext(task, tokenizer, references={"teacher": teacher_dir})
     ev = EvalSpec.parse("accuracy:split=validation").build(ctx)
     ev(model) -> float;  ev.name;  ev.higher_is_better
-"""
-from .registry import EvalContext, EvalSpec, Evaluator, EvaluatorInfo, available, evaluator, get
-from .tasks import TaskSpec
 
-__all__ = ["EvalContext", "EvalSpec", "Evaluator", "EvaluatorInfo", "TaskSpec", "available", "evaluator", "get"]
+Importing this package registers the built-ins (one file each); :mod:`.registry` never imports them back. Other
+packages add evaluators under the entry-point group ``opd_dynamics.evaluators`` (see ``docs/architecture.md``).
+"""
+from .registry import EVALUATORS, EvalContext, EvalSpec, Evaluator, EvaluatorInfo, available, evaluator, get
+from .tasks import TaskSpec
+from . import accuracy, kl, loglik  # noqa: F401,E402  (built-ins register themselves)
+
+__all__ = ["EVALUATORS", "EvalContext", "EvalSpec", "Evaluator", "EvaluatorInfo", "TaskSpec", "available",
+           "evaluator", "get"]

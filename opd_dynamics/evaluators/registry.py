@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
 import torch
 
-from ..plugins import FactoryFacts, PluginSpec, lookup
+from ..plugins import FactoryFacts, PluginSpec, Registry
 
 ENTRY_POINT_GROUP = "opd_dynamics.evaluators"
 
@@ -58,7 +57,7 @@ class EvaluatorInfo(FactoryFacts):
     unit: str = ""
 
 
-REGISTRY: dict[str, EvaluatorInfo] = {}
+EVALUATORS: Registry[EvaluatorInfo] = Registry("evaluator", ENTRY_POINT_GROUP)
 
 
 def evaluator(name: str, *, higher_is_better: bool = True, bounds: tuple[float, float] | None = None,
@@ -66,33 +65,20 @@ def evaluator(name: str, *, higher_is_better: bool = True, bounds: tuple[float, 
     """Register an evaluator factory ``factory(ctx, **settings) -> score(model)`` under ``name``."""
 
     def wrap(factory):
-        if name in REGISTRY and REGISTRY[name].factory is not factory:
-            raise ValueError(f"evaluator {name!r} registered twice")
-        REGISTRY[name] = EvaluatorInfo(name, factory, higher_is_better, bounds, unit)
-        factory.evaluator_info = REGISTRY[name]
+        factory.evaluator_info = EVALUATORS.add(EvaluatorInfo(name, factory, higher_is_better, bounds, unit))
         return factory
 
     return wrap
 
 
-_entry_points_loaded = False
-
-
 def available() -> dict[str, EvaluatorInfo]:
     """All registered evaluators (built-ins and entry points), by name."""
-    global _entry_points_loaded
-    from . import accuracy, kl, loglik  # noqa: F401  (registration side effect)
-
-    if not _entry_points_loaded:
-        _entry_points_loaded = True
-        for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
-            ep.load()
-    return dict(sorted(REGISTRY.items()))
+    return EVALUATORS.available()
 
 
 def get(name: str) -> EvaluatorInfo:
     """Look an evaluator up; an unknown name is answered with the nearest valid names."""
-    return lookup(name, available(), "evaluator")
+    return EVALUATORS.get(name)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import math
 
 import numpy as np
 
-from .registry import metric
+from .registry import Output, metric
 
 
 def paired_alignment(a: np.ndarray, b: np.ndarray) -> float:
@@ -97,8 +97,9 @@ class _ToFinal:
         return out
 
 
-@metric("alignment_to_final", family="direction", trajectory=True, bounds=(0, 1), paper="EffOPD Fig. 4b",
-        outputs=("alignment_to_final", "alignment_to_final_chance"))
+@metric("alignment_to_final", family="direction", trajectory=True, bounds=(0, 1), unit="%", paper="EffOPD Fig. 4b",
+        outputs=(Output("alignment_to_final", r"alignment to final $\Delta W_T$ (%)", "%", (0, 1)),
+                 "alignment_to_final_chance"))
 def alignment_to_final(k: int = 20, side: Literal["left", "right"] = "left",
                        mode: Literal["paired", "subspace"] = "subspace"):
     """Subspace similarity ‖U_k(t)ᵀU_k(T)‖_F²/k of ΔW_t's and ΔW_T's top-k singular subspaces (chance k/d beside it).
@@ -111,8 +112,10 @@ def alignment_to_final(k: int = 20, side: Literal["left", "right"] = "left",
     return _ToFinal(k, side, mode, "alignment_to_final")
 
 
-@metric("subspace_locking", family="direction", trajectory=True, bounds=(0, 1), paper="Geometry of OPD §4",
-        outputs=("subspace_locking", "subspace_locking_chance"))
+@metric("subspace_locking", family="direction", trajectory=True, bounds=(0, 1), unit="%",
+        paper="Geometry of OPD §4",
+        outputs=(Output("subspace_locking", r"subspace locking Sim$_K(t,T)$ (%)", "%", (0, 1)),
+                 "subspace_locking_chance"))
 def subspace_locking(k: int = 16):
     """Sim_K(t, T) = ‖V_K(t)ᵀ V_K(T)‖_F² / K over the top-K right singular vectors of ΔW (chance K/n beside it)."""
     return _ToFinal(k, "right", "subspace", "subspace_locking")
@@ -149,8 +152,8 @@ class _Rank1PCA:
         return {last: {"rank1_pca_evr1": float(evr[0]), "rank1_pca_evr2": float(evr[1])}}
 
 
-@metric("rank1_pca_evr", family="direction", trajectory=True, outputs=("rank1_pca_evr1", "rank1_pca_evr2"),
-        bounds=(0, 1), paper="EffOPD App. (rank-1 trajectory)")
+@metric("rank1_pca_evr", family="direction", trajectory=True, paper="EffOPD App. (rank-1 trajectory)",
+        outputs=(Output("rank1_pca_evr1", "EVR of PC1 (%)", "%", (0, 1)), Output("rank1_pca_evr2", "EVR of PC2 (%)", "%", (0, 1))))
 def rank1_pca_evr():
     """Explained-variance ratio of the first two PCA components of the u₁(ΔW_t) trajectory (reported at the final step)."""
     return _Rank1PCA()

@@ -21,13 +21,15 @@ def fro(x: torch.Tensor) -> float:
     return linalg.frobenius(x)
 
 
-@metric("frobenius", family="norms", matrix=False, bounds=(0, math.inf), paper="EffOPD App. B")
+@metric("frobenius", family="norms", matrix=False, bounds=(0, math.inf), label=r"$\|\Delta W\|_F$",
+        paper="EffOPD App. B")
 def frobenius():
     """‖ΔW‖_F = sqrt(Σσᵢ²): the size of the update."""
     return lambda view: view.delta_norm  # = fro(view.delta); from the factors' σ for LoRA, without forming ΔW
 
 
-@metric("relative_update", family="norms", matrix=False, bounds=(0, math.inf), paper="EffOPD App. B")
+@metric("relative_update", family="norms", matrix=False, bounds=(0, math.inf),
+        label=r"$\|\Delta W\|_F \,/\, \|W_0\|_F$", paper="EffOPD App. B")
 def relative_update():
     """‖ΔW‖_F / ‖W_ref‖_F: the update's size relative to the weights it starts from (NaN when W_ref = 0)."""
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .. import linalg
-from .registry import metric
+from .registry import Output, metric
 from .sparsity import ATOL_MUKHERJEE, ETA, changed_mask
 
 METHODS = ("svd", "gram")
@@ -76,9 +76,9 @@ def angles_degrees(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
 
 
 @metric("principal_angles", family="principal", needs_after=True,
-        outputs=("principal_angle_left_max", "principal_angle_left_mean",
-                 "principal_angle_right_max", "principal_angle_right_mean"),
-        bounds=(0, 90), paper="PNT; Geometry of OPD App. C.3")
+        outputs=tuple(Output(f"principal_angle_{side}_{stat}", f"{stat} principal angle, {side} (°)", "°", (0, 90))
+                      for side in ("left", "right") for stat in ("max", "mean")),
+        paper="PNT; Geometry of OPD App. C.3")
 def principal_angles(k: int = 512, method: Method = "svd", reference: Reference = "base"):
     """Max and mean principal angle (degrees) between the top-k left and right singular subspaces of W₀ and W_t.
 
@@ -112,6 +112,7 @@ def normalized_spectral_shift(s0: np.ndarray, st: np.ndarray) -> float:
 
 
 @metric("spectral_shift", family="principal", needs_after=True, bounds=(0, math.inf),
+        label=r"spectral shift $\|\sigma(W_t)-\sigma(W_0)\|/\|\sigma(W_0)\|$",
         paper="PNT (normalised spectral shift)")
 def spectral_shift(method: Method = "svd", reference: Reference = "base"):
     """NSS = ‖σ(W_t) − σ(W₀)‖₂ / ‖σ(W₀)‖₂ over all min(m, n) singular values, float64."""

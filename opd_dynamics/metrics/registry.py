@@ -16,12 +16,12 @@ Third-party packages register factories under the entry-point group ``opd_dynami
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from dataclasses import dataclass
-from importlib import metadata
 from typing import Any, Callable, ClassVar, Protocol
 
-from ..plugins import FactoryFacts, PluginSpec, check_settings, lookup
+from ..plugins import FactoryFacts, PluginSpec, Registry, check_settings
 
 ENTRY_POINT_GROUP = "opd_dynamics.metrics"
 
@@ -32,66 +32,100 @@ class Trajectory(Protocol):
 
 
 @dataclass(frozen=True)
+class Output:
+    """One output row of a metric, with the facts figures and reports show: its axis ``label``, its ``unit`` ("%"
+    means the value is stored as a fraction and shown ×100) and the ``bounds`` every value lies in (NaN aside).
+
+    >>> o = Output("spectral_ratio", "share of the top direction (%)", unit="%", bounds=(0, 1))
+    >>> o.scale, Output("min_dim").axis_label
+    (100.0, 'min dim')
+    """
+
+    name: str
+    label: str = ""
+    unit: str = ""
+    bounds: tuple[float, float] = (-math.inf, math.inf)
+
+    @property
+    def scale(self) -> float:
+        """Factor from the stored value to the shown one (100 for a percentage)."""
+        return 100.0 if self.unit == "%" else 1.0
+
+    @property
+    def axis_label(self) -> str:
+        return self.label or self.name.replace("_", " ")
+
+
+@dataclass(frozen=True)
 class MetricInfo(FactoryFacts):
-    """Facts about a metric: what it needs, what it returns, where it comes from."""
+    """Facts about a metric: what it needs, what it returns (each output's label, unit, bounds), where it comes from."""
 
     name: str
     factory: Callable[..., Any]
     family: str
-    outputs: tuple[str, ...]
+    columns: tuple[Output, ...]
     matrix: bool = True          # needs a 2-D tensor
     trajectory: bool = False     # collect/finalize across steps
     needs_after: bool = False    # needs W_t exactly as stored (not W_ref + ΔW)
-    bounds: tuple[float, float] | None = None
     paper: str = ""
     suffix: str = ""             # appended to the output names when one analysis asks this metric with several settings
 
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        """The output rows' names (the table's ``metric`` values)."""
+        return tuple(o.name for o in self.columns)
 
-REGISTRY: dict[str, MetricInfo] = {}
+    @property
+    def bounds(self) -> tuple[float, float]:
+        """The first output's bounds."""
+        return self.columns[0].bounds
 
 
-def metric(name: str, *, family: str, outputs: tuple[str, ...] | None = None, matrix: bool = True,
+METRICS: Registry[MetricInfo] = Registry("metric", ENTRY_POINT_GROUP, " (`opd-dynamics list-metrics` lists them)")
+
+
+def metric(name: str, *, family: str, outputs: tuple[str | Output, ...] | None = None, matrix: bool = True,
            trajectory: bool = False, needs_after: bool = False, bounds: tuple[float, float] | None = None,
-           paper: str = "") -> Callable:
-    """Register a metric factory under ``name``."""
+           label: str = "", unit: str = "", paper: str = "") -> Callable:
+    """Register a metric factory under ``name``.
+
+    ``outputs`` names its output rows (default: ``name`` alone); ``label``, ``unit`` and ``bounds`` describe every
+    output given as a plain name, an :class:`Output` states its own.
+    """
+    lo_hi = tuple(bounds) if bounds is not None else (-math.inf, math.inf)
+    columns = tuple(o if isinstance(o, Output) else Output(o, label, unit, lo_hi) for o in (outputs or (name,)))
 
     def wrap(factory):
-        if name in REGISTRY and REGISTRY[name].factory is not factory:
-            raise ValueError(f"metric {name!r} registered twice")
-        REGISTRY[name] = MetricInfo(name, factory, family, outputs or (name,), matrix, trajectory,
-                                    needs_after, bounds, paper)
-        factory.metric_info = REGISTRY[name]
+        factory.metric_info = METRICS.add(MetricInfo(name, factory, family, columns, matrix, trajectory,
+                                                     needs_after, paper))
         return factory
 
     return wrap
 
 
-def _load_builtins() -> None:
-    from . import direction, norms, principal, sparsity, spectrum  # noqa: F401  (registration side effect)
-
-
-_entry_points_loaded = False
-
-
-def _load_entry_points() -> None:
-    global _entry_points_loaded
-    if _entry_points_loaded:
-        return
-    _entry_points_loaded = True
-    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
-        ep.load()
-
-
 def available() -> dict[str, MetricInfo]:
     """All registered metrics (built-ins and entry points), by name."""
-    _load_builtins()
-    _load_entry_points()
-    return dict(sorted(REGISTRY.items()))
+    return METRICS.available()
 
 
 def get(name: str) -> MetricInfo:
     """Look a metric up; an unknown name is answered with the nearest valid names."""
-    return lookup(name, available(), "metric", " (`opd-dynamics list-metrics` lists them)")
+    return METRICS.get(name)
+
+
+def output(column: str) -> Output:
+    """The facts of the output row a table's ``metric`` value names (a ``[settings]`` suffix ignored); a name no
+    metric declares (an evaluator's score, a study's own row) gets a plain record: its name as label, no unit.
+
+    >>> output("spectral_ratio[k=3]").unit, output("accuracy:split=test").axis_label
+    ('%', 'accuracy:split=test')
+    """
+    name = str(column).split("[", 1)[0]
+    for info in available().values():
+        for o in info.columns:
+            if o.name == name:
+                return o
+    return Output(str(column))
 
 
 @dataclass(frozen=True, eq=True)
@@ -121,8 +155,8 @@ def settings_suffixes(specs: list[Spec]) -> list[str]:
     """The ``metric`` column's name suffix of each spec: '' for a metric asked once; ``[key=value,…]`` (its settings
     that differ from the defaults) when the same metric is asked several times, so the table names them apart.
 
-    >>> settings_suffixes([Spec("alignment_to_final"), Spec("alignment_to_final", {"mode": "subspace", "k": 20})])
-    ['', '[mode=subspace]']
+    >>> settings_suffixes([Spec("alignment_to_final"), Spec("alignment_to_final", {"mode": "paired", "k": 20})])
+    ['', '[mode=paired]']
     """
     count = Counter(s.name for s in specs)
     out = []

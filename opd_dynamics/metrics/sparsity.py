@@ -19,7 +19,7 @@ import math
 import pandas as pd
 import torch
 
-from .registry import metric
+from .registry import Output, metric
 
 ETA = 1e-3            # relative tolerance (PNT / Geometry of OPD)
 ATOL_MUKHERJEE = 1e-5  # absolute tolerance (Mukherjee et al. 2025)
@@ -58,7 +58,9 @@ def _check(tolerance: str) -> None:
 
 
 @metric("sparsity_bf16", family="sparsity", matrix=False, needs_after=True,
-        outputs=("sparsity_bf16", "sparsity_bf16_numel", "sparsity_bf16_bits"), bounds=(0, 1),
+        outputs=(Output("sparsity_bf16", "entries unchanged in bf16 (%)", "%", (0, 1)),
+                 Output("sparsity_bf16_numel", bounds=(0, math.inf)),
+                 Output("sparsity_bf16_bits", bounds=(1, 64))),
         paper="PNT; Geometry of OPD App. C.3 (absolute: Mukherjee et al. 2025)")
 def sparsity_bf16(tolerance: Tolerance = "relative", eta: float = ETA, atol: float = ATOL_MUKHERJEE):
     """Fraction of entries unchanged at bf16 resolution, with the entry count and the checkpoint's bits per value.

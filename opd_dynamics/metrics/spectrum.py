@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 
-from .registry import metric
+from .registry import Output, metric
 
 
 def effective_rank_of(sigma: np.ndarray) -> float:
@@ -57,13 +57,15 @@ def _frob(view) -> float:
     return view.cached(f"fro_delta@{view.step}/{view.ref_step}", lambda: float(np.sqrt((view.spectrum.sigma_all ** 2).sum())))
 
 
-@metric("spectral_norm", family="spectrum", bounds=(0, math.inf), paper="EffOPD Table 1")
+@metric("spectral_norm", family="spectrum", bounds=(0, math.inf), label=r"spectral norm $\sigma_1(\Delta W)$",
+        paper="EffOPD Table 1")
 def spectral_norm():
     """σ₁(ΔW): the largest singular value of the update."""
     return lambda view: float(view.spectrum.sigma_all[0]) if view.spectrum.sigma_all.size else 0.0
 
 
-@metric("spectral_ratio", family="spectrum", bounds=(0, 1), paper="EffOPD Table 1")
+@metric("spectral_ratio", family="spectrum", bounds=(0, 1), label=r"$\sigma_1 / \|\Delta W\|_F$ (%)", unit="%",
+        paper="EffOPD Table 1")
 def spectral_ratio():
     """σ₁ / ‖ΔW‖_F: how much of the update one direction carries."""
 
@@ -74,8 +76,10 @@ def spectral_ratio():
     return compute
 
 
-@metric("effective_rank", family="spectrum", outputs=("effective_rank", "numerical_rank", "min_dim"),
-        bounds=(1, math.inf), paper="EffOPD Table 1")
+@metric("effective_rank", family="spectrum", paper="EffOPD Table 1",
+        outputs=(Output("effective_rank", "effective rank", bounds=(1, math.inf)),
+                 Output("numerical_rank", bounds=(0, math.inf)),  # 0 for a zero update
+                 Output("min_dim", bounds=(1, math.inf))))
 def effective_rank():
     """exp(entropy of σ/Σσ) over σ₁..σ_r, with the numerical rank r and min(m, n) beside it."""
 
@@ -87,13 +91,15 @@ def effective_rank():
     return compute
 
 
-@metric("top1pct_ratio", family="spectrum", bounds=(0, 1), paper="EffOPD Table 1")
+@metric("top1pct_ratio", family="spectrum", bounds=(0, 1), label="top-1% energy ratio (%)", unit="%",
+        paper="EffOPD Table 1")
 def top1pct_ratio(fraction: float = 0.01):
     """sqrt(energy share of the top ⌈fraction·r⌉ singular values); fraction = 1 % as in the paper."""
     return lambda view: top_fraction_ratio(view.spectrum.sigma, fraction)
 
 
-@metric("stable_rank", family="spectrum", bounds=(1, math.inf), paper="Geometry of OPD App. E")
+@metric("stable_rank", family="spectrum", bounds=(1, math.inf), label=r"stable rank $\|\Delta W\|_F^2/\sigma_1^2$",
+        paper="Geometry of OPD App. E")
 def stable_rank():
     """‖ΔW‖_F² / σ₁²."""
 
@@ -104,7 +110,7 @@ def stable_rank():
     return compute
 
 
-@metric("hill_alpha", family="spectrum", bounds=(0, math.inf), paper="Geometry of OPD App. E")
+@metric("hill_alpha", family="spectrum", bounds=(0, math.inf), label=r"Hill $\alpha$", paper="Geometry of OPD App. E")
 def hill_alpha(k: int = 32):
     """Hill estimate of the power-law tail index of ΔW's top-k singular values."""
     return lambda view: hill_alpha_of(view.spectrum.sigma, k)

@@ -1,4 +1,5 @@
-"""Shared look of every figure: the Okabe–Ito palette, fixed run colours, axis labels with units.
+"""Shared look of every figure: the Okabe–Ito palette, fixed run colours; axis labels and units come from each
+metric's declared outputs (:class:`opd_dynamics.metrics.registry.Output`).
 
 matplotlib is imported inside functions only, so ``import opd_dynamics.plots`` stays cheap and the
 library never pulls plotting in at import time.
@@ -10,7 +11,6 @@ from typing import Iterable, Mapping
 import pandas as pd
 
 from ..errors import OPDError
-from ..summary import PERCENT
 from ..table import BODY_KINDS, KIND, METRIC, RUN, STEP, VALUE
 
 # Okabe & Ito (2008), "Color Universal Design": distinguishable under the common colour-vision deficiencies.
@@ -26,23 +26,6 @@ LINESTYLES = ("-", "--", "-.", ":")
 REFERENCE_STYLES = {"base": (":", "#777777"), "final": ("--", "#333333"), "teacher": ("-.", "#000000")}
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
-LABELS = {
-    "frobenius": r"$\|\Delta W\|_F$",
-    "relative_update": r"$\|\Delta W\|_F \,/\, \|W_0\|_F$",
-    "spectral_norm": r"spectral norm $\sigma_1(\Delta W)$",
-    "spectral_ratio": r"$\sigma_1 / \|\Delta W\|_F$ (%)",
-    "effective_rank": "effective rank",
-    "top1pct_ratio": "top-1% energy ratio (%)",
-    "stable_rank": r"stable rank $\|\Delta W\|_F^2/\sigma_1^2$",
-    "hill_alpha": r"Hill $\alpha$",
-    "alignment_to_final": r"alignment to final $\Delta W_T$ (%)",
-    "subspace_locking": r"subspace locking Sim$_K(t,T)$ (%)",
-    "rank1_pca_evr1": "EVR of PC1 (%)",
-    "rank1_pca_evr2": "EVR of PC2 (%)",
-    "sparsity_bf16": "entries unchanged in bf16 (%)",
-    "spectral_shift": r"spectral shift $\|\sigma(W_t)-\sigma(W_0)\|/\|\sigma(W_0)\|$",
-}
-PERCENT_METRICS = set(PERCENT) | {"rank1_pca_evr1", "rank1_pca_evr2", "sparsity_bf16"}
 STEP_LABEL = "training step"
 PROGRESS_LABEL = "training progress t / T (%)"
 
@@ -97,18 +80,17 @@ def colors_for(df: pd.DataFrame, colors: Mapping[str, str] | None = None, column
 
 
 def label(metric: str) -> str:
-    """Axis label for a metric, with its unit (% where the value is shown as a percentage)."""
-    if metric.startswith("principal_angle_"):
-        words = metric.removeprefix("principal_angle_").split("_")
-        stat = next((w for w in words if w in ("max", "mean")), "")
-        side = next((w for w in words if w in ("left", "right")), "left")
-        return f"{stat} principal angle, {side} (°)"
-    return LABELS.get(metric, metric.replace("_", " "))
+    """Axis label for a metric's output row, with its unit: the label its ``@metric`` declares."""
+    from ..metrics.registry import output
+
+    return output(metric).axis_label
 
 
 def scale(metric: str) -> float:
-    """Factor that turns a stored value into the displayed unit (100 for percentages)."""
-    return 100.0 if metric in PERCENT_METRICS else 1.0
+    """Factor that turns a stored value into the displayed unit (100 for percentages), from the metric's facts."""
+    from ..metrics.registry import output
+
+    return output(metric).scale
 
 
 def require(df: pd.DataFrame, metrics: Iterable[str], figure_name: str) -> None:
