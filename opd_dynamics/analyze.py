@@ -9,19 +9,17 @@
 """
 from __future__ import annotations
 
-import datetime as _dt
 import os
-import platform
 import sys
 from collections import Counter
 from contextlib import nullcontext
-from importlib import metadata
 from concurrent.futures import Executor
 from typing import Sequence
 
 import pandas as pd
 import torch
 
+from . import provenance
 from .engine import run_metrics
 from .errors import OPDError
 from .io.discovery import Run, open_run
@@ -101,27 +99,17 @@ def _storage(storage: StorageConfig | dict | None) -> StorageConfig | None:
 
 def manifest(runs: list[Run], specs: list[Spec], **settings) -> dict:
     """Provenance written beside the table: inputs, versions, metric specs and settings."""
-    versions = {"python": platform.python_version()}
-    for pkg in ("opd-dynamics", "torch", "numpy", "safetensors", "transformers", "pandas"):
-        try:
-            versions[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            versions[pkg] = None
-
     def dtypes(ck):
         return dict(Counter(str(ck.dtype(k)).replace("torch.", "") for k in ck.keys()))
 
-    return {
-        "tool": "opd-dynamics analyze",
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "versions": versions,
-        "runs": [{"name": r.name, "root": str(r.root.resolve()), "base": str(r.base.path.resolve()),
-                  "base_dtypes": dtypes(r.base), "steps": {str(s): str(c.path.resolve()) for s, c in r.steps.items()},
-                  "checkpoint_format": r.steps[r.final_step].format,
-                  "checkpoint_dtypes": dtypes(r.steps[r.final_step])} for r in runs],
-        "metrics": [s.to_json() for s in specs],
-        "settings": settings,
-    }
+    return provenance.manifest(
+        "opd-dynamics analyze",
+        runs=[{"name": r.name, "root": str(r.root.resolve()), "base": str(r.base.path.resolve()),
+               "base_dtypes": dtypes(r.base), "steps": {str(s): str(c.path.resolve()) for s, c in r.steps.items()},
+               "checkpoint_format": r.steps[r.final_step].format,
+               "checkpoint_dtypes": dtypes(r.steps[r.final_step])} for r in runs],
+        metrics=[s.to_json() for s in specs],
+        settings=settings)
 
 
 def analyze(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] | None = None,
@@ -183,7 +171,7 @@ def analyze(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] | 
         if out is not None:
             from .cache import CACHE_DIR, Memo
 
-            memo = Memo(out, runs, specs, {"version": _version(), "spectrum_method": spectrum_method,
+            memo = Memo(out, runs, specs, {"version": provenance.package_version("opd-dynamics", "unknown"), "spectrum_method": spectrum_method,
                                            "nonfinite": nonfinite, "device": dev.type, "lora_scaling": lora_scaling,
                                            "ds_weights": ds_weights},
                         reuse=cache)
@@ -211,13 +199,6 @@ def analyze(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] | 
                 memo.discard()
     df.attrs["skipped"] = skipped
     return df
-
-
-def _version() -> str:
-    try:
-        return metadata.version("opd-dynamics")
-    except metadata.PackageNotFoundError:
-        return "unknown"
 
 
 class _CallableModule(type(sys.modules[__name__])):
