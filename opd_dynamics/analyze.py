@@ -9,44 +9,37 @@
 """
 from __future__ import annotations
 
-import datetime as _dt
 import os
-import platform
-import sys
 from collections import Counter
 from contextlib import nullcontext
-from importlib import metadata
-from concurrent.futures import Executor
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-import pandas as pd
-import torch
-
-from .engine import run_metrics
+from .device import resolve_device
 from .errors import OPDError
-from .io.discovery import Run, open_run
-from .io.storage import StorageConfig, as_path, is_remote
-from .metrics.registry import DEFAULT_METRICS, Spec, unique_specs
-from .select import Selector
-from .outdir import claim
-from .table import from_rows, table_files
-from .live import complete_steps
 
+if TYPE_CHECKING:
+    from concurrent.futures import Executor
+
+    import pandas as pd
+    import torch
+
+    from .io.discovery import Run
+    from .io.storage import StorageConfig
+    from .metrics.registry import Spec
+    from .select import Selector
+
+# torch, pandas, the engine and discovery are imported inside the functions: ``import opd_dynamics`` imports this
+# module eagerly (so ``opd_dynamics.analyze`` is always the function) and must stay cheap for the CLI's --help.
 PathLike = str | os.PathLike
 
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; an unavailable CUDA is a clear error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise OPDError(f"--device {device}: no CUDA device here", hint="use --device cpu or auto")
-    return torch.device(device)
+__all__ = ["analyze", "manifest", "open_runs", "resolve_device"]
 
 
 def _device(device: str, executor) -> torch.device:
     """The device tasks use; on a Ray cluster ``cuda`` names the workers' GPUs, which this driver may lack."""
     if isinstance(executor, str) and executor.startswith("ray") and device.startswith("cuda"):
+        import torch
+
         return torch.device(device)
     return resolve_device(device)
 
@@ -54,6 +47,8 @@ def _device(device: str, executor) -> torch.device:
 def _specs(metrics: Sequence[str | Spec] | None) -> list[Spec]:
     """Parsed, checked specs; one metric may appear with several settings (labelled apart in the table), an exact
     repeat is dropped."""
+    from .metrics.registry import DEFAULT_METRICS, Spec, unique_specs
+
     specs = [m if isinstance(m, Spec) else Spec.parse(m) for m in (metrics or DEFAULT_METRICS)]
     for s in specs:
         s.check()
@@ -72,6 +67,10 @@ def open_runs(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] 
     with a warning; each run's ``skipped`` then maps its step to the reason. Remote runs are not checked: an object
     store shows an object only once its upload completed, and a shard still missing is a clear error.
     """
+    from .io.discovery import open_run
+    from .io.storage import as_path, is_remote
+    from .live import complete_steps
+
     storage = _storage(storage)
     if not paths:
         raise OPDError("no run directories given", hint="opd-dynamics analyze RUN_DIR [RUN_DIR ...] --base BASE_DIR")
@@ -96,11 +95,17 @@ def open_runs(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] 
 
 
 def _storage(storage: StorageConfig | dict | None) -> StorageConfig | None:
+    from .io.storage import StorageConfig
+
     return StorageConfig(options=dict(storage)) if isinstance(storage, dict) else storage
 
 
 def manifest(runs: list[Run], specs: list[Spec], **settings) -> dict:
     """Provenance written beside the table: inputs, versions, metric specs and settings."""
+    import datetime as _dt
+    import platform
+    from importlib import metadata
+
     versions = {"python": platform.python_version()}
     for pkg in ("opd-dynamics", "torch", "numpy", "safetensors", "transformers", "pandas"):
         try:
@@ -172,6 +177,11 @@ def analyze(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] | 
     Returns:
         The long table ``run, step, ref_step, module, layer, expert, kind, metric, value``.
     """
+    from .engine import run_metrics
+    from .outdir import claim
+    from .select import Selector
+    from .table import from_rows, table_files
+
     with claim(out) if out is not None else nullcontext() as claimed:  # -o checked and locked before any reading
         specs = _specs(metrics)
         selector = select if isinstance(select, Selector) else Selector.parse(list(select or []))
@@ -214,19 +224,9 @@ def analyze(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] | 
 
 
 def _version() -> str:
+    from importlib import metadata
+
     try:
         return metadata.version("opd-dynamics")
     except metadata.PackageNotFoundError:
         return "unknown"
-
-
-class _CallableModule(type(sys.modules[__name__])):
-    """``opd_dynamics.analyze`` names both this module and the function (lazily exported by the package). Importing
-    the module (``from .analyze import resolve_device``) makes the package attribute the module, so a later
-    ``from opd_dynamics import analyze`` would get a module: calling it calls :func:`analyze`."""
-
-    def __call__(self, *args, **kwargs):
-        return analyze(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

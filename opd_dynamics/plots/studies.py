@@ -16,7 +16,7 @@ from ..table import VALUE as LT_VALUE
 from ._draw import grouped_bars
 from ._style import (FAMILY_COLORS, LINESTYLES, MARKERS, REFERENCE_STYLES, PlotDataError, body, colors_for, figure,
                      legend)
-from .frames import METRIC, REFERENCE_PREFIX, RUN, STUDY, UPDATE_NORM, VALUE, VARIANT, X, validate_study
+from ..frames import METRIC, REFERENCE_PREFIX, RUN, STUDY, UPDATE_NORM, VALUE, VARIANT, X, validate_study
 
 _VARIANT_NAMES = {"mlp": "MLP window", "attn": "attention window"}
 _X_LABELS = {"sliding_window": "window centre layer (0-based)",
