@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Sequence
 
 from .device import resolve_device
 from .errors import OPDError
+from .presets import check, metric_specs
 
 if TYPE_CHECKING:
     from concurrent.futures import Executor
@@ -136,7 +137,8 @@ def analyze(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] | 
             allow_pickle: bool = False, nonfinite: str = "error", lora_scaling: float | None = None,
             storage: StorageConfig | dict | None = None, out: PathLike | None = None, csv: bool = False,
             progress: bool = True, cache: bool = True, skip_incomplete: bool = True,
-            executor: str | Executor | None = None, ds_weights: str = "fp32") -> pd.DataFrame:
+            executor: str | Executor | None = None, ds_weights: str = "fp32",
+            preset: str | None = None) -> pd.DataFrame:
     """Compute update-geometry metrics for every module at every saved step of one or more runs.
 
     Args:
@@ -173,17 +175,22 @@ def analyze(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] | 
             ``"processes[:N]"`` (N worker processes; one per GPU with ``device="cuda"``), ``"ray[:ADDRESS]"``
             (``auto``, ``ray://host:port``, or a local cluster started for the call; ``,num_gpus=0.25`` etc.),
             or any ``concurrent.futures.Executor``. Every one gives the same table.
+        preset: ``"paper"`` (default: the papers' text) or ``"authors"`` (the released code's conventions: top-1 % with
+            ⌊0.01·r⌋, Hill α on λ = σ², standardised rank-1 PCA), filled into each metric spec that does not set
+            that setting itself (:mod:`opd_dynamics.presets`, docs/fidelity.md).
 
     Returns:
         The long table ``run, step, ref_step, module, layer, expert, kind, metric, value``.
     """
     from .engine import run_metrics
+    from .metrics.registry import DEFAULT_METRICS, Spec
     from .outdir import claim
     from .select import Selector
     from .table import from_rows, table_files
 
     with claim(out) if out is not None else nullcontext() as claimed:  # -o checked and locked before any reading
-        specs = _specs(metrics)
+        specs = _specs(metric_specs([m if isinstance(m, Spec) else Spec.parse(m) for m in (metrics or DEFAULT_METRICS)],
+                                    preset))
         selector = select if isinstance(select, Selector) else Selector.parse(list(select or []))
         dev = _device(device, executor)
         runs = open_runs(paths, base=base, names=names, steps=steps, allow_pickle=allow_pickle,
@@ -211,6 +218,7 @@ def analyze(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] | 
             files = table_files(df, manifest(runs, specs, select=selector.to_json(), against=against,
                                              device=str(dev), spectrum_method=spectrum_method, nonfinite=nonfinite,
                                              lora_scaling=lora_scaling, ds_weights=ds_weights, rows=len(df),
+                                             preset=check(preset),
                                              skipped=skipped,
                                              executor=executor if isinstance(executor, (str, type(None)))
                                              else type(executor).__name__,

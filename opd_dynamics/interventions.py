@@ -7,8 +7,8 @@ live parameter), the source checkpoint's tensor (and any other step an edit need
 read through :class:`~opd_dynamics.io.checkpoint.Checkpoint` (a LoRA adapter step answers W₀ + s·B·A merged
 as PEFT merges it; a tensor no adapter it reads moves stays at W₀ and is not touched), every edited module is
 written as W = W₀ + edit(ΔW) computed in float64 and rounded once to the parameter dtype (so ``identity`` gives W_T exactly and
-``revert`` gives W₀ exactly), and on leaving the ``with`` block the kept copies are copied back (``try/finally``, as
-TransformerLens undoes hooks): the model is bitwise W₀ again. Peak extra memory: the touched tensors' W₀ copies plus
+``revert`` gives W₀ exactly), and on leaving the ``with`` block the kept copies are copied back (:func:`opd_dynamics.patching.patched`,
+``try/finally`` as TransformerLens undoes hooks): the model is bitwise W₀ again. Peak extra memory: the touched tensors' W₀ copies plus
 a few float64 copies of the largest tensor, plus the read cache (``cache_mb``).
 
 Results are rows of the long table (:mod:`opd_dynamics.table`), one per (plan, evaluator):
@@ -58,6 +58,7 @@ from .errors import CheckpointError, OPDError
 from .io.checkpoint import Checkpoint
 from .io.discovery import Run, open_run, weights_dir
 from .naming import Part, parts, view
+from .patching import Patch, patched
 from .plans import PLAN_PREFIX, Plan, Rule, parse_label, resolve_step
 from .table import from_rows
 
@@ -213,21 +214,19 @@ class InterventionEngine:
         if Path(run.base.path).resolve() != Path(self.base.path).resolve():
             raise OPDError(f"run {run.name!r} starts from {run.base.path}, the engine holds {self.base.path}",
                            hint="open the run with engine.open_run(...) or build an engine for its base")
-        originals: dict[str, torch.Tensor] = {}
         t0 = time.perf_counter()
-        try:
-            self.last = self._patch(plan, run, originals)
+        with patched(self._params) as patch:  # restores also when _patch raises half-way
+            self.last = self._patch(plan, run, patch)
             self.stats["edit_s"] += time.perf_counter() - t0
-            yield self.model
-        finally:
-            t1 = time.perf_counter()
-            with torch.no_grad():
-                for name, orig in originals.items():
-                    self._params[name].copy_(orig)
-            self.stats["restore_s"] += time.perf_counter() - t1
+            try:
+                yield self.model
+            finally:
+                t1 = time.perf_counter()
+                patch.restore()
+                self.stats["restore_s"] += time.perf_counter() - t1
 
     @torch.no_grad()
-    def _patch(self, plan: Plan, run: Run, originals: dict[str, torch.Tensor]) -> PatchInfo:
+    def _patch(self, plan: Plan, run: Run, patch: Patch) -> PatchInfo:
         steps = sorted(run.steps)
         source = resolve_step(steps, plan.source)
         assign = self.assignments(plan)
@@ -256,8 +255,7 @@ class InterventionEngine:
                 nd = built(w0p, delta, extra)
                 total += float(nd.square().sum())
                 view(new, part).copy_(w0p + nd)
-            originals[name] = param.detach().clone()
-            param.copy_(new.to(param.dtype))
+            patch.write(name, new.to(param.dtype))
             info.tensors.append(name)
         info.step = source if info.tensors else 0
         info.update_norm = math.sqrt(total)

@@ -19,14 +19,14 @@ lower-cased name contains one of :data:`AUTHORS_KEYWORDS`, which also takes atte
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 
 from ..errors import OPDError
 from ..naming import classify
+from ..patching import patched
 
 RULES = (">=", ">")
 PARAMS = ("weights", "weights+bias", "authors")
@@ -107,56 +107,31 @@ def extrapolated_names(names, *, include_bias: bool = False, params: str | None 
     return out
 
 
-class Extrapolator:
-    """Moves a live model's selected parameters along Δ in place: W ← W_cur + c·Δ, and back exactly.
-
-    ``W_cur`` (the weights at the search step) is kept so every candidate is built from it, and the
-    accepted one is exactly W_cur + 2k·Δ (no accumulation of rounding across candidates).
-    """
-
-    def __init__(self, params: dict[str, torch.nn.Parameter], delta: dict[str, torch.Tensor]):
-        missing = sorted(set(delta) - set(params))
-        if missing:
-            raise OPDError(f"extrapolation names {missing[0]!r} that the model does not have",
-                           hint="the checkpoints and the model must share parameter names")
-        self.params = {n: params[n] for n in delta}
-        self.delta = delta
-        self.current = {n: p.detach().clone() for n, p in self.params.items()}
-
-    @torch.no_grad()
-    def set(self, c: float) -> None:
-        for n, p in self.params.items():
-            p.copy_(self.current[n] + c * self.delta[n].to(p.device, p.dtype))
-
-    @torch.no_grad()
-    def restore(self) -> None:
-        for n, p in self.params.items():
-            p.copy_(self.current[n])
-
-    @contextmanager
-    def trying(self) -> Iterator["Extrapolator"]:
-        try:
-            yield self
-        except BaseException:
-            self.restore()
-            raise
-
-
 def search_model(model: torch.nn.Module, delta: dict[str, torch.Tensor], score: Callable[[torch.nn.Module], float],
                  *, ks=DEFAULT_KS, rule: str = ">=", step: int = 0, keep: bool = True) -> SearchResult:
     """Search on a live model whose weights are W_{2ⁿ}; leave it at the accepted candidate (``keep``) or restore.
 
-    ``delta`` maps parameter names to Δ_n (any device/dtype; cast per parameter).
+    ``delta`` maps parameter names to Δ_n (any device/dtype; cast per parameter). Every candidate is built from the
+    kept W_{2ⁿ} (:func:`opd_dynamics.patching.patched`), so the accepted one is exactly W_{2ⁿ} + 2k·Δ (no rounding
+    accumulates across candidates), and an exception in ``score`` leaves the model bitwise at W_{2ⁿ}.
     """
-    ex = Extrapolator(dict(model.named_parameters()), delta)
-    with ex.trying():
+    params = dict(model.named_parameters())
+    missing = sorted(set(delta) - set(params))
+    if missing:
+        raise OPDError(f"extrapolation names {missing[0]!r} that the model does not have",
+                       hint="the checkpoints and the model must share parameter names")
+    with patched({n: params[n] for n in delta}) as patch:
+        def move(c: float) -> None:  # W ← W_{2ⁿ} + c·Δ
+            for n, d in delta.items():
+                p = patch.params[n]
+                patch.write(n, patch.original(n) + c * d.to(p.device, p.dtype))
+
         def score_at(k: int) -> float:
-            ex.set(2 * k)
+            move(2 * k)
             return float(score(model))
 
         result = search(score_at, ks=ks, rule=rule, step=step)
         if keep:
-            ex.set(2 * result.accepted_k)
-        else:
-            ex.restore()
+            move(2 * result.accepted_k)
+            patch.commit()
     return result

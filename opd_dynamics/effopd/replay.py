@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from ..errors import OPDError
 from ..io.checkpoint import Checkpoint
 from ..io.discovery import Run, open_run
+from ..patching import Patch, patched
 from ..presets import resolve
 from .extrapolation import DEFAULT_KS, SearchResult, extrapolated_names, is_power_of_two, search_model
 
@@ -44,8 +45,12 @@ class ReplayReport:
 
 
 @torch.no_grad()
-def load_weights(model: torch.nn.Module, ck: Checkpoint) -> None:
-    """Set a live model to a checkpoint's weights, tensor by tensor (tied heads follow their embedding)."""
+def load_weights(model: torch.nn.Module, ck: Checkpoint, patch: Patch | None = None) -> None:
+    """Set a live model to a checkpoint's weights, tensor by tensor (tied heads follow their embedding).
+
+    With ``patch`` (:class:`opd_dynamics.patching.Patch` over ``model.state_dict()``) the writes go through it, so
+    the model's own weights come back when the patch is restored.
+    """
     sd = model.state_dict()
     for name in ck.keys():
         if name not in sd:
@@ -55,7 +60,10 @@ def load_weights(model: torch.nn.Module, ck: Checkpoint) -> None:
         if tuple(t.shape) != tuple(sd[name].shape):
             raise OPDError(f"{ck.file_of(name)}: tensor {name!r} has shape {list(t.shape)}, the model {list(sd[name].shape)}",
                            hint="check --base names the model this run started from")
-        sd[name].copy_(t)
+        if patch is None:
+            sd[name].copy_(t)
+        else:
+            patch.write(name, t)
 
 
 def _delta(cur: Checkpoint, prev: Checkpoint, names: list[str], device) -> dict[str, torch.Tensor]:
@@ -66,7 +74,7 @@ def _delta(cur: Checkpoint, prev: Checkpoint, names: list[str], device) -> dict[
 def replay(run: Run | str | Path, score: Callable[[torch.nn.Module], float], *, base: str | Path | None = None,
            model: torch.nn.Module | None = None, ks=DEFAULT_KS, rule: str | None = None, include_bias: bool = False,
            params: str | None = None, preset: str | None = None, device: str = "cpu",
-           progress: bool = True) -> ReplayReport:
+           progress: bool = True, restore: bool | None = None) -> ReplayReport:
     """Replay the EffOPD search on a saved plain-OPD run.
 
     Args:
@@ -76,12 +84,16 @@ def replay(run: Run | str | Path, score: Callable[[torch.nn.Module], float], *, 
         model: a model to reuse (its architecture must match); default: loaded once from ``base``.
         rule, params: acceptance rule and extrapolated parameters; default: ``preset``'s (``paper``: ``>=``, weights;
             ``authors``: ``>``, the released code's name match — :mod:`opd_dynamics.presets`).
+        restore: give ``model`` back with its own weights, bit for bit, also after an exception (costs one copy of
+            them); default: when ``model`` was passed in. Otherwise it is left at the last checkpoint replayed.
     """
     chosen = resolve("effopd", preset, rule=rule, params=params or ("weights+bias" if include_bias else None))
     rule = chosen["rule"]
     extrapolated_names([], params=chosen["params"])  # a bad name fails before anything is loaded
     if not isinstance(run, Run):
         run = open_run(run, base=base, warn_missing=False)
+    if restore is None:
+        restore = model is not None
     if model is None:
         from transformers import AutoModelForCausalLM
 
@@ -92,31 +104,33 @@ def replay(run: Run | str | Path, score: Callable[[torch.nn.Module], float], *, 
     if not targets:
         raise OPDError(f"{run.root}: no power-of-two step with its predecessor saved (steps: {saved})",
                        hint="save checkpoints at every power of two (1, 2, 4, 8, …) to replay EffOPD")
-    names = extrapolated_names(dict(model.named_parameters()), params=chosen["params"])
-    bar = tqdm(total=len(saved) + len(targets), desc="effopd replay", disable=not progress, leave=False)
-    plain = {}
-    for step in saved:
-        load_weights(model, run.steps[step])
-        plain[step] = float(score(model))
-        bar.update(1)
-    rows, summary = [], []
-    for t in targets:
-        prev = run.base if t == 1 else run.steps[t // 2]
-        load_weights(model, run.steps[t])
-        res: SearchResult = search_model(model, _delta(run.steps[t], prev, names, device), score, ks=ks, rule=rule,
-                                         step=t, keep=False)
-        bar.update(1)
-        for i, s in enumerate(res.scores):
-            k = 0 if i == 0 else res.ks[i - 1]
-            rows.append({"step": t, "ref_step": t // 2, "k": k, "multiplier": 2 * k, "score": s,
-                         "accepted": k == res.accepted_k})
-        later = [s for s in saved if s > t and plain[s] >= res.best]
-        matched = t if res.accepted_k == 0 else (later[0] if later else None)
-        summary.append({"step": t, "accepted_k": res.accepted_k, "best_score": res.best, "plain_score": plain[t],
-                        "matched_step": matched if matched is not None else math.nan,
-                        "steps_saved": (matched - t) if matched is not None else math.nan,
-                        "speedup": (matched / t) if matched is not None else math.nan})
-    bar.close()
+    with patched(model.state_dict() if restore else {}) as patch:
+        into = patch if restore else None
+        names = extrapolated_names(dict(model.named_parameters()), params=chosen["params"])
+        bar = tqdm(total=len(saved) + len(targets), desc="effopd replay", disable=not progress, leave=False)
+        plain = {}
+        for step in saved:
+            load_weights(model, run.steps[step], into)
+            plain[step] = float(score(model))
+            bar.update(1)
+        rows, summary = [], []
+        for t in targets:
+            prev = run.base if t == 1 else run.steps[t // 2]
+            load_weights(model, run.steps[t], into)
+            res: SearchResult = search_model(model, _delta(run.steps[t], prev, names, device), score, ks=ks, rule=rule,
+                                             step=t, keep=False)
+            bar.update(1)
+            for i, s in enumerate(res.scores):
+                k = 0 if i == 0 else res.ks[i - 1]
+                rows.append({"step": t, "ref_step": t // 2, "k": k, "multiplier": 2 * k, "score": s,
+                             "accepted": k == res.accepted_k})
+            later = [s for s in saved if s > t and plain[s] >= res.best]
+            matched = t if res.accepted_k == 0 else (later[0] if later else None)
+            summary.append({"step": t, "accepted_k": res.accepted_k, "best_score": res.best, "plain_score": plain[t],
+                            "matched_step": matched if matched is not None else math.nan,
+                            "steps_saved": (matched - t) if matched is not None else math.nan,
+                            "speedup": (matched / t) if matched is not None else math.nan})
+        bar.close()
     report = ReplayReport(pd.DataFrame(rows), pd.DataFrame(summary),
                           pd.DataFrame({"step": list(plain), "score": list(plain.values())}))
     report.notes.append(f"search: accept if {rule} the best so far; extrapolated: {chosen['params']} "

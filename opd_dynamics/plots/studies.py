@@ -21,7 +21,7 @@ from ..frames import METRIC, REFERENCE_PREFIX, RUN, STUDY, UPDATE_NORM, VALUE, V
 _VARIANT_NAMES = {"mlp": "MLP window", "attn": "attention window"}
 _X_LABELS = {"sliding_window": "window centre layer (0-based)",
              "norm_scaling": r"scale $\alpha$ in $W_0 + \alpha\,\Delta W_T$",
-             "spectral_partition": "singular components kept (%)",
+             "spectral_partition": "singular components kept (% of rank; top_rank_rescaled: number)",
              "early_rescale": r"rescale strength $\beta$",
              "effopd": "training step"}
 _TITLES = {"sliding_window": "Sliding-window restore of the update",
