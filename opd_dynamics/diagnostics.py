@@ -64,7 +64,7 @@ def token_diagnostics(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     ``convention``: ``"paper"`` (Rethinking OPD, arXiv 2604.13016, as read above) or ``"thunlp"`` (the released code);
     default: ``preset``'s (:mod:`opd_dynamics.presets`).
     """
-    from ..presets import resolve
+    from .presets import resolve
 
     convention = resolve("tokens", preset, convention=convention)["convention"]
     if convention not in CONVENTIONS:
