@@ -117,20 +117,26 @@ def embedding_revert_cmd(run: Run, base: Base = None, task: Task = None, evaluat
          task_options=task_options, tokenizer=tokenizer)
 
 
-@app.command("spectral-partition", epilog="**Example**\n\n    opd-dynamics interventions spectral-partition out/lab/runs/opd --percents 1,10,50,100 --no-rescale")
+@app.command("spectral-partition", epilog="**Examples**\n\n    opd-dynamics interventions spectral-partition out/lab/runs/opd --percents 1,10,50,100 --no-rescale\n\n    opd-dynamics interventions spectral-partition out/lab/runs/opd --preset authors")
 @task_options
 def spectral_partition_cmd(run: Run, base: Base = None, task: Task = None, evaluator: Evals = None,
                            teacher: Teacher = None, seed: Seed = 0, device: Device = "cpu", out: Out = None,
                            figure: Figure = None, metric: Metric = None, quiet: Quiet = False,
                            percents: Annotated[Optional[str], typer.Option(help="k grid in % of the rank (default 1,5,10,25,50,100).")] = None,
                            rescale: Annotated[bool, typer.Option(help="Also the top-k% rescaled to the full ‖ΔW‖_F.")] = True,
-                           rest: Annotated[str, typer.Option(help="Modules outside attention/MLP: final (keep ΔW_T) or base.")] = "final", task_options: Optional[dict] = None,
+                           rest: Annotated[Optional[str], typer.Option(help="Modules outside attention/MLP: final (keep ΔW_T) or base; default: the preset's.")] = None,
+                           ranks: Annotated[Optional[str], typer.Option(help="Keep an absolute number of components instead of a percentage, rescaled (e.g. 1,2,4); default: the preset's.")] = None,
+                           preset: Annotated[str, typer.Option(help="paper (percent grid, rest at ΔW_T) or authors (rank 1 rescaled, rest at W0, as the released upd_rank.py); docs/fidelity.md.")] = "paper",
+                           task_options: Optional[dict] = None,
         tokenizer: Optional[Path] = None) -> None:
     """Each attention/MLP ΔW_T keeps its top-k% or bottom-k% singular components (EffOPD Fig. 3)."""
+    from opd_dynamics.presets import check
+
+    check(preset)
     _run("spectral_partition", run, base=base, task=task, evaluators=evaluator, teacher=teacher, seed=seed,
          device=device, out=out, figure=figure, metric=metric, quiet=quiet,
          percents=comma_list(percents, "--percents", float),
-         rescale=rescale, rest=rest,
+         rescale=rescale, rest=rest, ranks=comma_list(ranks, "--ranks", float), preset=preset,
          task_options=task_options, tokenizer=tokenizer)
 
 

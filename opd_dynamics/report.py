@@ -2,7 +2,7 @@
 
 Inputs are results directories written by ``opd-dynamics analyze -o`` (``metrics.parquet`` + ``manifest.json``)
 and any Parquet/CSV study frames (``study, run, variant, x, metric, value``: see
-:mod:`opd_dynamics.plots.frames`) beside them or named directly. Tables are recognised by their columns; a
+:mod:`opd_dynamics.frames`) beside them or named directly. Tables are recognised by their columns; a
 long table whose ``manifest.json`` names another tool (an intervention study's raw scores) is skipped, since
 the study frame beside it carries the same scores.
 Runs from every input are drawn side by side, each in one colour throughout.
@@ -71,7 +71,7 @@ def _table_files(path: Path) -> list[Path]:
 
 def load_inputs(paths: Sequence[PathLike], storage: StorageConfig | None = None) -> Inputs:
     """Read every long table and study frame under ``paths`` (local or URLs); refuse a run that two inputs both define."""
-    from .plots.frames import is_study_frame, validate_study
+    from .frames import is_study_frame, validate_study
 
     if not paths:
         raise OPDError("no results given", hint="opd-dynamics report RESULTS_DIR [RESULTS_DIR ...] -o report/")

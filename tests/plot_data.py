@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from opd_dynamics.metrics.registry import available
-from opd_dynamics.plots.frames import from_records
+from opd_dynamics.frames import from_records
 from opd_dynamics.table import from_rows
 
 METRICS = ["frobenius", "relative_update", "spectral_norm", "spectral_ratio", "effective_rank", "top1pct_ratio",

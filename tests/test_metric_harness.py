@@ -17,7 +17,9 @@ from opd_dynamics.metrics.registry import Spec, available
 from tests.helpers import low_rank_plus_noise, view_of
 from tests.test_metrics_core import oracles as core_oracles
 from tests.test_metrics_core import oracle_sigma
+from tests.test_metrics_embedding import embedding_oracle
 from tests.test_metrics_geometry import _oracle_unchanged, _svd
+from tests.test_metrics_signal import signal_oracle
 
 M, N, STEPS = 60, 40, (1, 2, 3, 4)
 CHANGED_ROWS = 40  # the update touches rows 0..39 only: sparsity, row and column ratios are not trivially 0 or 1
@@ -153,6 +155,8 @@ ORACLES = {
     "low_magnitude_overlap": ({}, _per_step(_low_magnitude)),
     "sparsity_bf16": ({}, _per_step(_pick(_sparsity, "sparsity_bf16", "sparsity_bf16_numel", "sparsity_bf16_bits"))),
     "row_col_update_ratio": ({}, _per_step(_pick(_sparsity, "row_update_ratio", "col_update_ratio"))),
+    "signal_rank": ({}, _per_step(signal_oracle)),
+    "embedding_shift": ({"kinds": "*"}, _per_step(embedding_oracle)),  # rows of any matrix as "tokens"
 }
 
 

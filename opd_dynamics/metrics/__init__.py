@@ -5,6 +5,6 @@ sparsity); :mod:`.registry` holds the decorator and never imports them back. A n
 ``@metric(...)`` factory, listed below or declared as an entry point (see ``docs/architecture.md``).
 """
 from .registry import METRICS, MetricInfo, Output, Spec, available, get, metric, output
-from . import direction, norms, principal, sparsity, spectrum  # noqa: F401,E402  (built-ins register themselves)
+from . import direction, embedding_shift, noise_floor, norms, principal, sparsity, spectrum  # noqa: F401,E402  (built-ins register themselves)
 
 __all__ = ["METRICS", "MetricInfo", "Output", "Spec", "available", "get", "metric", "output"]
