@@ -64,6 +64,6 @@ def build_tiny_gpt2_runs(out: Path) -> dict[str, Path]:
 
 def tiny_task(n: int = 12):
     """A one-digit addition task (the lab's), small enough for a few greedy generations."""
-    from opd_dynamics.lab.addition import AdditionTask
+    from opd_dynamics.task.addition import AdditionTask
 
     return AdditionTask(digits=1, n_train=20, n_validation=n, n_test=n, seed=0)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import math
 
 import pandas as pd
-from opd_dynamics.plots.frames import from_records
+
+from opd_dynamics.frames import from_records
 from opd_dynamics.table import from_rows
 
 METRICS = ["frobenius", "relative_update", "spectral_norm", "spectral_ratio", "effective_rank", "top1pct_ratio",

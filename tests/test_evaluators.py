@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
 from opd_dynamics.errors import OPDError, SelectionError
 from opd_dynamics.evaluators import EvalContext, EvalSpec, TaskSpec, available
-from opd_dynamics.lab.task import Example
+from opd_dynamics.task.protocol import Example
 
 PROMPTS = ["1+2=", "10+20=", "7+5=", "123+4=", "0+0=", "55+66="]
 

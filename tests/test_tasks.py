@@ -11,7 +11,7 @@ import pytest
 from opd_dynamics.errors import OPDError
 from opd_dynamics.evaluators import EvalContext, EvalSpec, TaskSpec
 from opd_dynamics.evaluators.checkers import math_equal, math_gold
-from opd_dynamics.lab.rows import RowsTask, last_boxed
+from opd_dynamics.task.rows import RowsTask, last_boxed
 from opd_dynamics.lab.tokenizer import char_tokenizer
 
 CHAT = ("{% for m in messages %}<{{ m['role'][0] }}>{{ m['content'] }}\n{% endfor %}"
@@ -134,7 +134,7 @@ def test_accuracy_checker_option_and_manifest_details():
 def test_stop_strings_end_generation():
     import torch
 
-    from opd_dynamics.lab.generation import generate
+    from opd_dynamics.generation import generate
     from opd_dynamics.lab.models import ModelSpec, build_model
 
     tok = char_tokenizer()

@@ -16,9 +16,9 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .diagnostics import K, token_diagnostics
-from .generation import generate, response_logits
-from .task import Example, Task
+from ..diagnostics import K, token_diagnostics
+from ..generation import generate, response_logits
+from ..task.protocol import Example, Task
 
 
 def accuracy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task,

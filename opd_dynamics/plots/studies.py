@@ -16,12 +16,12 @@ from ..table import VALUE as LT_VALUE
 from ._draw import grouped_bars
 from ._style import (FAMILY_COLORS, LINESTYLES, MARKERS, REFERENCE_STYLES, PlotDataError, body, colors_for, figure,
                      legend)
-from .frames import METRIC, REFERENCE_PREFIX, RUN, STUDY, UPDATE_NORM, VALUE, VARIANT, X, validate_study
+from ..frames import METRIC, REFERENCE_PREFIX, RUN, STUDY, UPDATE_NORM, VALUE, VARIANT, X, validate_study
 
 _VARIANT_NAMES = {"mlp": "MLP window", "attn": "attention window"}
 _X_LABELS = {"sliding_window": "window centre layer (0-based)",
              "norm_scaling": r"scale $\alpha$ in $W_0 + \alpha\,\Delta W_T$",
-             "spectral_partition": "singular components kept (%)",
+             "spectral_partition": "singular components kept (% of rank; top_rank_rescaled: number)",
              "early_rescale": r"rescale strength $\beta$",
              "effopd": "training step"}
 _TITLES = {"sliding_window": "Sliding-window restore of the update",

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from opd_dynamics.lab.diagnostics import gap_recovery, token_diagnostics
+from opd_dynamics.diagnostics import gap_recovery, token_diagnostics
 
 
 def reference(s, t, mask, k, weighting="p"):
