@@ -126,9 +126,9 @@ STUDIES = [
     new_markdown_cell("""\
 # Interventions and EffOPD
 
-Interventions (SPEC §5) edit a run's weights module by module — W = W₀ + (edited ΔW) — score the edited model,
-restore it bit for bit, and move on; EffOPD (SPEC §6) extrapolates along the current update direction at powers
-of two. Both write a **study frame** (`study, run, variant, x, metric, value`) that the figures and the report read.
+Interventions (EffOPD, arXiv 2605.11739, Figs. 1a–4c; `docs/interventions.md`) edit a run's weights module by
+module — W = W₀ + (edited ΔW) — score the edited model, restore it bit for bit, and move on; EffOPD (arXiv 2605.11739
+§4; `docs/effopd.md`) extrapolates along the current update direction at powers of two. Both write a **study frame** (`study, run, variant, x, metric, value`) that the figures and the report read.
 
 This notebook uses the `tiny` reference runs so it executes in well under a minute; their models learn little, so
 read the figures for their *shape*, not their numbers. `docs/interventions.md` and `docs/effopd.md` show the

@@ -1,15 +1,11 @@
 """Every figure renders from a small table, with the axes, labels and legend entries a reader needs."""
 from __future__ import annotations
 
+import matplotlib.pyplot as plt  # a core dependency: its absence is a failure, not a skip
 import pytest
 
-pytest.importorskip("matplotlib")
-
-import matplotlib.pyplot as plt  # noqa: E402
-
-import opd_dynamics.plots as P  # noqa: E402
-from opd_dynamics.errors import OPDError  # noqa: E402
-from plot_data import long_table, studies  # noqa: E402,F401,F811  (fixtures)
+import opd_dynamics.plots as P
+from opd_dynamics.errors import OPDError
 
 RUNS = ["opd", "rl", "sft"]
 
@@ -153,8 +149,6 @@ def test_principal_angles_by_kind(long_table, side):
 
 
 def test_sparsity_by_kind(long_table):
-    if "sparsity_bf16" not in set(long_table["metric"]):
-        pytest.skip("sparsity_bf16 is not registered in this checkout")
     fig = P.sparsity_by_kind(long_table)
     ax = visible_axes(fig)[0]
     assert ax.get_ylim() == (0, 100) and ax.get_ylabel() == "entries unchanged in bf16 (%)"

@@ -284,7 +284,7 @@ def _token_case():
 
 
 def test_token_diagnostics_paper_and_thunlp_conventions():
-    from opd_dynamics.lab.diagnostics import token_diagnostics
+    from opd_dynamics.diagnostics import token_diagnostics
 
     p, q = _token_case()
     mask = torch.ones(1, 2)

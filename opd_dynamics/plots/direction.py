@@ -1,6 +1,6 @@
 """Direction-over-time figures: alignment to the final update, subspace locking, rank-1 trajectory PCA.
 
-Input: the long table. ``alignment_to_final`` / ``subspace_locking`` rows at every step (SPEC §3);
+Input: the long table. ``alignment_to_final`` / ``subspace_locking`` rows at every step (EffOPD arXiv 2605.11739 Fig. 4b; Geometry of OPD arXiv 2606.07082);
 ``rank1_pca_evr1`` / ``rank1_pca_evr2`` rows at each run's final step.
 """
 from __future__ import annotations

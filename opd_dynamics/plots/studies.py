@@ -1,4 +1,4 @@
-"""Intervention and EffOPD figures (SPEC §5–6), drawn from a study frame (see :mod:`.frames`).
+"""Intervention and EffOPD figures (EffOPD arXiv 2605.11739 Figs. 1a–4c and §4; docs/interventions.md, docs/effopd.md), drawn from a study frame (see :mod:`.frames`).
 
 Colour always says which run; line style and marker say which variant; dashed grey lines are references.
 """
@@ -16,7 +16,7 @@ from ..table import VALUE as LT_VALUE
 from ._draw import grouped_bars
 from ._style import (FAMILY_COLORS, LINESTYLES, MARKERS, REFERENCE_STYLES, PlotDataError, body, colors_for, figure,
                      legend)
-from .frames import METRIC, REFERENCE_PREFIX, RUN, STUDY, UPDATE_NORM, VALUE, VARIANT, X, validate_study
+from ..frames import METRIC, REFERENCE_PREFIX, RUN, STUDY, UPDATE_NORM, VALUE, VARIANT, X, validate_study
 
 _VARIANT_NAMES = {"mlp": "MLP window", "attn": "attention window"}
 _X_LABELS = {"sliding_window": "window centre layer (0-based)",
