@@ -2,7 +2,7 @@
 
 On a fixed probe batch (``input_ids``, ``attention_mask`` and optionally ``mask``: 1 on the response positions
 to score, default the attention mask), both models' next-token distributions are compared with
-:func:`opd_dynamics.lab.diagnostics.token_diagnostics` — top-k overlap ratio, overlap mass (student's and
+:func:`opd_dynamics.diagnostics.token_diagnostics` — top-k overlap ratio, overlap mass (student's and
 teacher's), entropy gap and overlap advantage — and logged as ``tokens/<name>`` with the cost
 (``tokens/cost_s``, ``tokens/cost_share``). Cost: one forward pass of each model on the probe batch.
 
@@ -16,7 +16,7 @@ from typing import Mapping
 import torch
 
 from ..errors import OPDError
-from ..lab.diagnostics import K, token_diagnostics
+from ..diagnostics import K, token_diagnostics
 from ._logging import Measured
 
 
