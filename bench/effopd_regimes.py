@@ -109,6 +109,21 @@ def early_alignment(run_dir: Path, base_dir: Path, horizon: int) -> dict:
     return out
 
 
+def segments(run_dir: Path, base_dir: Path) -> dict:
+    """cos(W_t − W_{t/2}, W_{2t} − W_t) and the norm ratio over the attention/MLP matrices, per power of two."""
+    from safetensors.numpy import load_file
+
+    from opd_dynamics.effopd import extrapolated_names
+    from opd_dynamics.effopd.speedup import segment_cosines
+
+    files = {0: base_dir / "model.safetensors"}
+    files.update({int(d.name.split("-")[1]): d / "model.safetensors" for d in run_dir.glob("checkpoint-*")})
+    pow2 = {s: f for s, f in files.items() if s == 0 or s & (s - 1) == 0}
+    weights = {s: load_file(str(f)) for s, f in pow2.items()}
+    names = extrapolated_names(list(weights[0]))
+    return {str(t): list(v) for t, v in segment_cosines(weights, names).items()}
+
+
 def one(regime: str, seed: int, effopd: str | None, lab: Path, out: Path, keep: Path | None = None) -> dict:
     from opd_dynamics.effopd import EffOPD
     from opd_dynamics.lab import accuracy
@@ -165,6 +180,14 @@ def summarise(results: list[dict]) -> pd.DataFrame:
                 late = [a for s, a in ec if s >= T // 4]
                 row["mean_acc_effopd"] = sum(late) / len(late)
                 row["accepted"] = ",".join(str(x["accepted_k"]) for x in e["searches"] if x["step"] <= T)
+                # the first candidate (+2Δ) against the weights it extrapolates from, on the search's 50 problems
+                first = [x["scores"][1] - x["scores"][0] for x in e["searches"] if x["step"] <= T and len(x["scores"]) > 1]
+                row["k1_worse/tie/better"] = (f"{sum(d < 0 for d in first)}/{sum(d == 0 for d in first)}/"
+                                              f"{sum(d > 0 for d in first)}")
+                row["k1_mean_change"] = sum(first) / len(first) if first else math.nan
+                seg = [v for t, v in plain.get("segments", {}).items() if 2 * int(t) <= T]
+                row["segment_cos"] = sum(c for c, _ in seg) / len(seg) if seg else math.nan
+                row["segment_norm_ratio"] = sum(r for _, r in seg) / len(seg) if seg else math.nan
                 rows.append(row)
     return pd.DataFrame(rows)
 
@@ -245,7 +268,14 @@ def main() -> None:
     results: list[dict] = []
     if a.from_json is not None:
         for f in a.from_json:
-            results += json.loads(Path(f).read_text())
+            rs = json.loads(Path(f).read_text())
+            for r in rs:   # runs written before the segment diagnostic existed: compute it from the kept checkpoints
+                keep = Path(f).parent / f"plain-{r['regime']}-s{r['seed']}"
+                if r["effopd"] is None and "segments" not in r and keep.exists():
+                    base_dir = (Path(a.lab.format(seed=r["seed"])) / "base" if REGIMES[r["regime"]]["student"] is None
+                                else Path(f).parent / f"base-{r['regime']}-s{r['seed']}")
+                    r["segments"] = segments(keep, base_dir)
+            results += rs
     else:
         done = out / "regimes.json"
         if a.resume and done.exists():   # keep finished runs whose EffOPD settings are the current preset's
@@ -265,6 +295,7 @@ def main() -> None:
                     print(f"{regime} seed {seed} plain: final {r['curve'][-1][1]:.3f}, cpu {r['cpu']:.0f}s", flush=True)
                 plain = next(r for r in results if (r["regime"], r["seed"], r["effopd"]) == (regime, seed, None))
                 plain["alignment"] = {str(T): early_alignment(keep, base_dir, T) for T in REGIMES[regime]["horizons"]}
+                plain["segments"] = segments(keep, base_dir)
                 done.write_text(json.dumps(results, indent=1))
                 for eff in a.effopd:
                     if (regime, seed, eff) in have:
