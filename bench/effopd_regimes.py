@@ -192,6 +192,24 @@ def summarise(results: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def markdown(df: pd.DataFrame) -> str:
+    """The table of docs/effopd.md: one row per (regime, T, seed, preset)."""
+    head = ("| regime | T | seed | EffOPD preset | align. at T/8 (chance) | locking at T/8 (chance) | segment cos | "
+            "+2Δ vs W_t on the 50 (worse/tie/better; mean) | accepted k | steps to 90 % (plain/EffOPD) | speedup 90 % | "
+            "mean acc. from T/4 (plain/EffOPD) | acc. at T (plain/EffOPD) |")
+    lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
+    for r in df.itertuples(index=False):
+        d = r._asdict()
+        sp = "—" if math.isnan(d["speedup90"]) else f"{d['speedup90']:.2f}"
+        lines.append(
+            f"| {d['regime']} (lr {d['lr']:g}) | {d['T']} | {d['seed']} | {d['effopd']} | "
+            f"{d['align_T_8']:.2f} ({d['align_chance']:.2f}) | {d['lock_T_8']:.2f} ({d['lock_chance']:.2f}) | "
+            f"{d['segment_cos']:.2f} | {d['k1_worse_tie_better']}; {d['k1_mean_change']:+.2f} | {d['accepted']} | "
+            f"{d['steps90']} | {sp} | {d['mean_acc_plain']:.3f} / {d['mean_acc_effopd']:.3f} | "
+            f"{d['plain_final']:.3f} / {d['effopd_final']:.3f} |")
+    return "\n".join(lines)
+
+
 def plot(results: list[dict], df: pd.DataFrame, path: Path, note: str) -> None:
     import matplotlib
 
@@ -262,6 +280,8 @@ def main() -> None:
     ap.add_argument("--out", default="/tmp/effopd-regimes")
     ap.add_argument("--from-json", nargs="*", default=None, help="summarise earlier runs' regimes.json files")
     ap.add_argument("--resume", action="store_true", help="keep the finished runs of OUT/regimes.json")
+    ap.add_argument("--no-plain", action="store_true",
+                    help="EffOPD runs only (another process runs the plain one; combine with --from-json)")
     a = ap.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -289,14 +309,15 @@ def main() -> None:
                 have = {(r["regime"], r["seed"], r["effopd"]) for r in results}
                 keep = out / f"plain-{regime}-s{seed}"
                 base_dir = lab / "base" if REGIMES[regime]["student"] is None else out / f"base-{regime}-s{seed}"
-                if (regime, seed, None) not in have:
+                if (regime, seed, None) not in have and not a.no_plain:
                     r = one(regime, seed, None, lab, out, keep=keep)
                     results.append(r)
                     print(f"{regime} seed {seed} plain: final {r['curve'][-1][1]:.3f}, cpu {r['cpu']:.0f}s", flush=True)
-                plain = next(r for r in results if (r["regime"], r["seed"], r["effopd"]) == (regime, seed, None))
-                plain["alignment"] = {str(T): early_alignment(keep, base_dir, T) for T in REGIMES[regime]["horizons"]}
-                plain["segments"] = segments(keep, base_dir)
-                done.write_text(json.dumps(results, indent=1))
+                plain = next((r for r in results if (r["regime"], r["seed"], r["effopd"]) == (regime, seed, None)), None)
+                if plain is not None:
+                    plain["alignment"] = {str(T): early_alignment(keep, base_dir, T) for T in REGIMES[regime]["horizons"]}
+                    plain["segments"] = segments(keep, base_dir)
+                    done.write_text(json.dumps(results, indent=1))
                 for eff in a.effopd:
                     if (regime, seed, eff) in have:
                         continue
@@ -308,6 +329,8 @@ def main() -> None:
         (out / "machine.txt").write_text(machine_note() + "\n")
     df = summarise(results)
     df.to_csv(out / "regimes.csv", index=False)
+    md = markdown(df.rename(columns=lambda c: c.replace("@T/", "_T_").replace("/", "_")))
+    (out / "regimes.md").write_text(md + "\n")
     with pd.option_context("display.width", 250, "display.max_columns", 40):
         print(df.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     note = machine_note()
