@@ -94,13 +94,6 @@ class Spectrum:
             have = self._vectors[side]
         return have[:, :k]
 
-    def release(self) -> None:
-        """Drop the matrix and Gram (keep σ and cached vectors)."""
-        if self.factored:
-            return  # the factors are small
-        self._x = None
-        self.__dict__.pop("_gram", None)
-
 
 @dataclass
 class ModuleView:
