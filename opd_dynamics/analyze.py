@@ -135,7 +135,8 @@ def analyze(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] | 
         base: the model training started from (W₀): one directory for all runs, or one per run.
             Default: each run's step-0 checkpoint.
         names: labels for the ``run`` column (default: directory names).
-        metrics: metric names or specs like ``"alignment_to_final:k=10,side=right"`` (default: SPEC §2–3 set).
+        metrics: metric names or specs like ``"alignment_to_final:k=10,side=right"`` (default: the
+            EffOPD arXiv 2605.11739 App. B / Table 1 / Fig. 4b set, docs/metrics.md).
         select: ``--select`` clauses (``kind=mlp_*``, ``layer=0-11``, ``name=REGEX``, ``matrix``).
         against: ``"base"`` (ΔW_t = W_t − W₀), ``"prev"`` (W_t − W_{t'}) or a fixed step number.
         steps: analyse only these steps.
