@@ -1,4 +1,4 @@
-"""Generation throughput of the library's one generation path (``lab.generation.generate``: left-padded batches,
+"""Generation throughput of the library's one generation path (``opd_dynamics.generation.generate``: left-padded batches,
 KV cache) for the reference models, as the ``accuracy`` evaluator runs it.
 
     python bench/bench_generation.py                 # lab default student + teacher, and a Qwen2-0.5B shape
@@ -38,7 +38,7 @@ def qwen05b(tok):
 
 
 def main() -> None:
-    from opd_dynamics.lab.generation import generate
+    from opd_dynamics.generation import generate
     from opd_dynamics.lab.models import ModelSpec, build_model
     from opd_dynamics.lab.presets import get_preset
     from opd_dynamics.lab.tokenizer import char_tokenizer

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from opd_dynamics.lab import load_tokenizer
-from opd_dynamics.lab.addition import AdditionTask
+from opd_dynamics.task.addition import AdditionTask
 from opd_dynamics.metrics.embedding_shift import shift_values, used_token_ids
 from opd_dynamics.plots.embedding import embedding_pairs, embedding_shift_pca
 

@@ -14,6 +14,8 @@ import typer
 
 from opd_dynamics.errors import OPDError
 
+from .lists import comma_list
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="markdown",
                   help="See how post-training moves LLM weights: update geometry, subspace locking, "
                        "interventions and EffOPD extrapolation.")
@@ -35,6 +37,8 @@ BASE_HELP = "Model training started from (W0). Trainers never save it: pass it u
     opd-dynamics analyze s3://bucket/runs/opd --base s3://bucket/models/base --storage-option endpoint_url=http://127.0.0.1:9000
 
     opd-dynamics analyze "hf://org/model@step-*" --base hf://org/model@step-0
+
+    opd-dynamics analyze runs/opd --base B -m top1pct_ratio,hill_alpha,frobenius,spectral_ratio --preset authors
 
 A re-run with the same -o computes only what is new (new checkpoints, new metrics, rewritten checkpoints);
 --no-cache recomputes everything. A checkpoint still being written is left out with a warning and the exit
@@ -67,6 +71,7 @@ def analyze(
     until_step: Annotated[Optional[int], typer.Option("--until-step", help="--watch: stop once a step >= this is analysed.")] = None,
     interval: Annotated[float, typer.Option(help="--watch: seconds between looks (a checkpoint is ready when its file sizes held over one).")] = 5.0,
     report_dir: Annotated[Optional[Path], typer.Option("--report", help="Also (re)write the HTML report here after each analysis.")] = None,
+    preset: Annotated[str, typer.Option(help="paper (the papers' text) or authors (the released code: top-1 % with floor(0.01 r), Hill alpha on sigma^2, standardised rank-1 PCA, Table 1 as a ratio of sums); docs/fidelity.md.")] = "paper",
     executor: Annotated[str, typer.Option(help="local, processes[:N] (N worker processes; one per GPU with --device cuda) or ray[:ADDRESS] (auto, ray://host:port; options ,num_cpus=1,num_gpus=0.25). Same table from each.")] = "local",
 ) -> None:
     """Compute update-geometry metrics for every module at every saved step; print the Table-1 summary."""
@@ -75,6 +80,9 @@ def analyze(
     from opd_dynamics.io.storage import StorageConfig, parse_options
     from opd_dynamics.summary import format_table, table1
 
+    from opd_dynamics.presets import check
+
+    check(preset)
     specs = [Spec.parse(m) for text in metrics for m in _split_specs(text)] if metrics else None
     storage = StorageConfig(options=parse_options(storage_option), retries=retries, cache_tensors=remote_cache_tensors,
                             cache_dir=False if no_remote_cache else remote_cache_dir)
@@ -83,7 +91,8 @@ def analyze(
         df = run_analyze(runs, base=_one_or_many(base), names=name, metrics=specs, select=select,
                          against=_against(against), steps=only_steps, device=device, spectrum_method=spectrum,
                          allow_pickle=allow_pickle, nonfinite=nonfinite, lora_scaling=lora_scaling, ds_weights=ds_weights,
-                         out=out, csv=csv, progress=progress, cache=not no_cache, storage=storage, executor=executor)
+                         out=out, csv=csv, progress=progress, cache=not no_cache, storage=storage, executor=executor,
+                         preset=preset)
         if report_dir is not None:
             from opd_dynamics.report import build_report
 
@@ -107,9 +116,9 @@ def analyze(
             return
         if report_dir is not None and out is None:
             raise OPDError("--report needs -o DIR (the report is drawn from the written table)", hint="add -o results/")
-        df = once(_int_list(steps, "--steps"), not quiet)
+        df = once(comma_list(steps, "--steps", int), not quiet)
         if not quiet:
-            wide = table1(df)
+            wide = table1(df, preset=preset)
             if len(wide):
                 typer.echo("Mean over attention + MLP matrices (EffOPD Table 1 layout):")
                 typer.echo(format_table(wide, df))
@@ -134,13 +143,16 @@ def list_metrics() -> None:
 
 @app.command(epilog="**Example**\n\n    opd-dynamics show results/opd")
 def show(results: Annotated[Path, typer.Argument(help="Directory written by analyze -o (or a .parquet/.csv file).")],
-         final: Annotated[bool, typer.Option("--final", help="Only each run's last step.")] = False) -> None:
+         final: Annotated[bool, typer.Option("--final", help="Only each run's last step.")] = False,
+         preset: Annotated[str, typer.Option(help="paper (a mean of per-module ratios) or authors (the shares of the Frobenius norm as a ratio of sums); docs/fidelity.md.")] = "paper") -> None:
     """Print the Table-1 summary of saved results."""
+    from opd_dynamics.presets import check
     from opd_dynamics.summary import format_table, table1
     from opd_dynamics.table import load
 
+    check(preset)
     df = load(results)
-    typer.echo(format_table(table1(df, final_only=final), df))
+    typer.echo(format_table(table1(df, final_only=final, preset=preset), df))
 
 
 @app.command(epilog="""
@@ -159,7 +171,7 @@ def report(results: Annotated[list[str], typer.Argument(help="Directories writte
     from opd_dynamics.io.storage import parse_options
     from opd_dynamics.report import build_report
 
-    index = build_report(results, out, title=title, formats=[f.strip() for f in formats.split(",") if f.strip()],
+    index = build_report(results, out, title=title, formats=comma_list(formats, "--formats") or [],
                          storage=parse_options(storage_option))
     typer.echo(f"wrote {index}")
 
@@ -219,15 +231,6 @@ def _split_specs(text: str) -> list[str]:
         else:
             out.append(piece)
     return out
-
-
-def _int_list(text: str | None, flag: str) -> list[int] | None:
-    if not text:
-        return None
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise OPDError(f"{flag} {text!r}: expected comma-separated integers", hint=f"e.g. {flag} 1,2,4,8") from None
 
 
 def _against(text: str):

@@ -12,16 +12,16 @@ Public surface::
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 from typing import TYPE_CHECKING
 
 from .errors import CheckpointError, OPDError, SelectionError
+# Eager, so the public name ``analyze`` is the function whatever is imported later (the submodule of the same name
+# binds the package attribute only when first imported: here). analyze.py imports torch and pandas inside functions.
+from .analyze import analyze
 
 # Public name -> (module, attribute). Imported on first use (PEP 562), so `import opd_dynamics` and the CLI's
 # `--help` do not pay for torch, pandas and pyarrow (1.7 s of a 5 s run on a small trajectory, measured).
 _LAZY = {
-    "analyze": (".analyze", "analyze"),
     "table1": (".summary", "table1"),
     "open_run": (".io.discovery", "open_run"),
     "Run": (".io.discovery", "Run"),
@@ -36,7 +36,6 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
-    from .analyze import analyze
     from .io.checkpoint import Checkpoint
     from .io.discovery import Run, open_run
     from .metrics.registry import Spec, metric
@@ -62,17 +61,3 @@ def __getattr__(name: str):
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
-
-
-class _Package(types.ModuleType):
-    """Importing the submodule ``opd_dynamics.analyze`` (demo, studies, a test) makes the import system bind it as the
-    package's attribute ``analyze``; the public name is the function, so that binding is not kept (otherwise
-    ``from opd_dynamics import analyze`` would give the module or the function depending on import order)."""
-
-    def __setattr__(self, name, value):
-        if name in _LAZY and isinstance(value, types.ModuleType) and value.__name__ == f"{__name__}.{name}":
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

@@ -9,44 +9,39 @@
 """
 from __future__ import annotations
 
-import datetime as _dt
 import os
-import platform
-import sys
 from collections import Counter
 from contextlib import nullcontext
-from importlib import metadata
-from concurrent.futures import Executor
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-import pandas as pd
-import torch
-
-from .engine import run_metrics
+from . import provenance
+from .device import resolve_device
 from .errors import OPDError
-from .io.discovery import Run, open_run
-from .io.storage import StorageConfig, as_path, is_remote
-from .metrics.registry import DEFAULT_METRICS, Spec, unique_specs
-from .select import Selector
-from .outdir import claim
-from .table import from_rows, table_files
-from .live import complete_steps
+from .presets import check, metric_specs
 
+if TYPE_CHECKING:
+    from concurrent.futures import Executor
+
+    import pandas as pd
+    import torch
+
+    from .io.discovery import Run
+    from .io.storage import StorageConfig
+    from .metrics.registry import Spec
+    from .select import Selector
+
+# torch, pandas, the engine and discovery are imported inside the functions: ``import opd_dynamics`` imports this
+# module eagerly (so ``opd_dynamics.analyze`` is always the function) and must stay cheap for the CLI's --help.
 PathLike = str | os.PathLike
 
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; an unavailable CUDA is a clear error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise OPDError(f"--device {device}: no CUDA device here", hint="use --device cpu or auto")
-    return torch.device(device)
+__all__ = ["analyze", "manifest", "open_runs", "resolve_device"]
 
 
 def _device(device: str, executor) -> torch.device:
     """The device tasks use; on a Ray cluster ``cuda`` names the workers' GPUs, which this driver may lack."""
     if isinstance(executor, str) and executor.startswith("ray") and device.startswith("cuda"):
+        import torch
+
         return torch.device(device)
     return resolve_device(device)
 
@@ -54,6 +49,8 @@ def _device(device: str, executor) -> torch.device:
 def _specs(metrics: Sequence[str | Spec] | None) -> list[Spec]:
     """Parsed, checked specs; one metric may appear with several settings (labelled apart in the table), an exact
     repeat is dropped."""
+    from .metrics.registry import DEFAULT_METRICS, Spec, unique_specs
+
     specs = [m if isinstance(m, Spec) else Spec.parse(m) for m in (metrics or DEFAULT_METRICS)]
     for s in specs:
         s.check()
@@ -72,6 +69,10 @@ def open_runs(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] 
     with a warning; each run's ``skipped`` then maps its step to the reason. Remote runs are not checked: an object
     store shows an object only once its upload completed, and a shard still missing is a clear error.
     """
+    from .io.discovery import open_run
+    from .io.storage import as_path, is_remote
+    from .live import complete_steps
+
     storage = _storage(storage)
     if not paths:
         raise OPDError("no run directories given", hint="opd-dynamics analyze RUN_DIR [RUN_DIR ...] --base BASE_DIR")
@@ -96,32 +97,24 @@ def open_runs(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] 
 
 
 def _storage(storage: StorageConfig | dict | None) -> StorageConfig | None:
+    from .io.storage import StorageConfig
+
     return StorageConfig(options=dict(storage)) if isinstance(storage, dict) else storage
 
 
 def manifest(runs: list[Run], specs: list[Spec], **settings) -> dict:
     """Provenance written beside the table: inputs, versions, metric specs and settings."""
-    versions = {"python": platform.python_version()}
-    for pkg in ("opd-dynamics", "torch", "numpy", "safetensors", "transformers", "pandas"):
-        try:
-            versions[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            versions[pkg] = None
-
     def dtypes(ck):
         return dict(Counter(str(ck.dtype(k)).replace("torch.", "") for k in ck.keys()))
 
-    return {
-        "tool": "opd-dynamics analyze",
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "versions": versions,
-        "runs": [{"name": r.name, "root": str(r.root.resolve()), "base": str(r.base.path.resolve()),
-                  "base_dtypes": dtypes(r.base), "steps": {str(s): str(c.path.resolve()) for s, c in r.steps.items()},
-                  "checkpoint_format": r.steps[r.final_step].format,
-                  "checkpoint_dtypes": dtypes(r.steps[r.final_step])} for r in runs],
-        "metrics": [s.to_json() for s in specs],
-        "settings": settings,
-    }
+    return provenance.manifest(
+        "opd-dynamics analyze",
+        runs=[{"name": r.name, "root": str(r.root.resolve()), "base": str(r.base.path.resolve()),
+               "base_dtypes": dtypes(r.base), "steps": {str(s): str(c.path.resolve()) for s, c in r.steps.items()},
+               "checkpoint_format": r.steps[r.final_step].format,
+               "checkpoint_dtypes": dtypes(r.steps[r.final_step])} for r in runs],
+        metrics=[s.to_json() for s in specs],
+        settings=settings)
 
 
 def analyze(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] | None = None,
@@ -131,7 +124,8 @@ def analyze(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] | 
             allow_pickle: bool = False, nonfinite: str = "error", lora_scaling: float | None = None,
             storage: StorageConfig | dict | None = None, out: PathLike | None = None, csv: bool = False,
             progress: bool = True, cache: bool = True, skip_incomplete: bool = True,
-            executor: str | Executor | None = None, ds_weights: str = "fp32") -> pd.DataFrame:
+            executor: str | Executor | None = None, ds_weights: str = "fp32",
+            preset: str | None = None) -> pd.DataFrame:
     """Compute update-geometry metrics for every module at every saved step of one or more runs.
 
     Args:
@@ -141,7 +135,8 @@ def analyze(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] | 
         base: the model training started from (W₀): one directory for all runs, or one per run.
             Default: each run's step-0 checkpoint.
         names: labels for the ``run`` column (default: directory names).
-        metrics: metric names or specs like ``"alignment_to_final:k=10,side=right"`` (default: SPEC §2–3 set).
+        metrics: metric names or specs like ``"alignment_to_final:k=10,side=right"`` (default: the
+            EffOPD arXiv 2605.11739 App. B / Table 1 / Fig. 4b set, docs/metrics.md).
         select: ``--select`` clauses (``kind=mlp_*``, ``layer=0-11``, ``name=REGEX``, ``matrix``).
         against: ``"base"`` (ΔW_t = W_t − W₀), ``"prev"`` (W_t − W_{t'}) or a fixed step number.
         steps: analyse only these steps.
@@ -168,12 +163,22 @@ def analyze(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] | 
             ``"processes[:N]"`` (N worker processes; one per GPU with ``device="cuda"``), ``"ray[:ADDRESS]"``
             (``auto``, ``ray://host:port``, or a local cluster started for the call; ``,num_gpus=0.25`` etc.),
             or any ``concurrent.futures.Executor``. Every one gives the same table.
+        preset: ``"paper"`` (default: the papers' text) or ``"authors"`` (the released code's conventions: top-1 % with
+            ⌊0.01·r⌋, Hill α on λ = σ², standardised rank-1 PCA), filled into each metric spec that does not set
+            that setting itself (:mod:`opd_dynamics.presets`, docs/fidelity.md).
 
     Returns:
         The long table ``run, step, ref_step, module, layer, expert, kind, metric, value``.
     """
+    from .engine import run_metrics
+    from .metrics.registry import DEFAULT_METRICS, Spec
+    from .outdir import claim
+    from .select import Selector
+    from .table import from_rows, table_files
+
     with claim(out) if out is not None else nullcontext() as claimed:  # -o checked and locked before any reading
-        specs = _specs(metrics)
+        specs = _specs(metric_specs([m if isinstance(m, Spec) else Spec.parse(m) for m in (metrics or DEFAULT_METRICS)],
+                                    preset))
         selector = select if isinstance(select, Selector) else Selector.parse(list(select or []))
         dev = _device(device, executor)
         runs = open_runs(paths, base=base, names=names, steps=steps, allow_pickle=allow_pickle,
@@ -183,7 +188,8 @@ def analyze(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] | 
         if out is not None:
             from .cache import CACHE_DIR, Memo
 
-            memo = Memo(out, runs, specs, {"version": _version(), "spectrum_method": spectrum_method,
+            version = provenance.package_version("opd-dynamics", "unknown")
+            memo = Memo(out, runs, specs, {"version": version, "spectrum_method": spectrum_method,
                                            "nonfinite": nonfinite, "device": dev.type, "lora_scaling": lora_scaling,
                                            "ds_weights": ds_weights},
                         reuse=cache)
@@ -201,6 +207,7 @@ def analyze(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] | 
             files = table_files(df, manifest(runs, specs, select=selector.to_json(), against=against,
                                              device=str(dev), spectrum_method=spectrum_method, nonfinite=nonfinite,
                                              lora_scaling=lora_scaling, ds_weights=ds_weights, rows=len(df),
+                                             preset=check(preset),
                                              skipped=skipped,
                                              executor=executor if isinstance(executor, (str, type(None)))
                                              else type(executor).__name__,
@@ -211,22 +218,3 @@ def analyze(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] | 
                 memo.discard()
     df.attrs["skipped"] = skipped
     return df
-
-
-def _version() -> str:
-    try:
-        return metadata.version("opd-dynamics")
-    except metadata.PackageNotFoundError:
-        return "unknown"
-
-
-class _CallableModule(type(sys.modules[__name__])):
-    """``opd_dynamics.analyze`` names both this module and the function (lazily exported by the package). Importing
-    the module (``from .analyze import resolve_device``) makes the package attribute the module, so a later
-    ``from opd_dynamics import analyze`` would get a module: calling it calls :func:`analyze`."""
-
-    def __call__(self, *args, **kwargs):
-        return analyze(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

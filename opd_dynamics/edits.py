@@ -6,8 +6,8 @@ The maths (float64, every matrix in the (out, in) orientation of :mod:`opd_dynam
 - ``scale``          α·ΔW
 - ``revert``         0 (the module goes back to W₀; the engine does not even read it)
 - ``spectral``       ΔW = U Σ Vᵀ, keep the top-k% (or bottom-k%) singular components, k% of the numerical rank r
-                     (SPEC §1; ``basis="min_dim"`` counts min(m, n) instead); ``rescale`` multiplies the kept part by
-                     ‖ΔW‖_F / ‖kept‖_F (EffOPD Fig. 3)
+                     (numerical rank as in docs/metrics.md; ``basis="min_dim"`` counts min(m, n) instead); ``rescale``
+                     multiplies the kept part by ‖ΔW‖_F / ‖kept‖_F (EffOPD Fig. 3)
 - ``norm_rescale``   [1 + β(‖ΔW_T‖_F/‖ΔW_t‖_F − 1)]·ΔW_t, ΔW_T the update at step ``target`` (β = 1: the plain
                      rescale ΔW_t·‖ΔW_T‖_F/‖ΔW_t‖_F; EffOPD Fig. 4c)
 - ``project``        X V_K V_Kᵀ, V_K the top-K right singular vectors of the update at step ``onto``
@@ -47,10 +47,12 @@ def scale(delta: Tensor, alpha: float) -> Tensor:
 
 
 def spectral_keep(delta: Tensor, percent: float, which: str = "top", rescale: bool = False,
-                  basis: str = "rank") -> Tensor:
+                  basis: str = "rank", rank: int | None = None) -> Tensor:
     """Keep ⌈percent/100 · r⌉ singular components of ΔW: the largest (``top``) or the smallest non-zero (``bottom``).
 
-    r is the numerical rank (``basis="rank"``) or min(m, n) (``basis="min_dim"``). ``rescale`` restores ‖ΔW‖_F.
+    r is the numerical rank (``basis="rank"``) or min(m, n) (``basis="min_dim"``). ``rank`` keeps an absolute
+    number of components instead (capped at r; the EffOPD release's ``upd_rank.py --rank``). ``rescale`` restores
+    ‖ΔW‖_F.
 
     >>> d = torch.diag(torch.tensor([4., 3.], dtype=torch.float64))
     >>> spectral_keep(d, 50, "bottom").diagonal().tolist(), spectral_keep(d, 100).diagonal().tolist()
@@ -62,9 +64,11 @@ def spectral_keep(delta: Tensor, percent: float, which: str = "top", rescale: bo
         raise SelectionError(f"spectral edit: basis={basis!r} not understood", hint="use rank or min_dim")
     if not 0 <= percent <= 100:
         raise SelectionError(f"spectral edit: percent={percent} outside [0, 100]", hint="give a percentage")
+    if rank is not None and rank < 0:
+        raise SelectionError(f"spectral edit: rank={rank} is negative", hint="give a number of components ≥ 0")
     u, s, v = exact_svd(delta)
     r = numerical_rank(s.cpu().numpy(), tuple(delta.shape)) if basis == "rank" else s.numel()
-    k = min(r, math.ceil(percent / 100 * r - 1e-9))
+    k = min(r, math.ceil(percent / 100 * r - 1e-9) if rank is None else rank)
     if k <= 0:
         return torch.zeros_like(delta)
     idx = slice(0, k) if which == "top" else slice(r - k, r)
@@ -191,10 +195,11 @@ def revert_edit():
 
 @edit("spectral", matrix=True)
 def spectral_edit(percent: float = 10.0, which: Literal["top", "bottom"] = "top", rescale: bool = False,
-                  basis: Literal["rank", "min_dim"] = "rank"):
-    """Keep the top-k% / bottom-k% singular components of ΔW, optionally rescaled to ‖ΔW‖_F (EffOPD Fig. 3)."""
-    spectral_keep(torch.eye(2, dtype=torch.float64), percent, which, rescale, basis)  # bad settings fail at build
-    return lambda w0, d, others: spectral_keep(d, percent, which, rescale, basis)
+                  basis: Literal["rank", "min_dim"] = "rank", rank: int | None = None):
+    """Keep the top-k% / bottom-k% singular components of ΔW (or an absolute ``rank`` of them), optionally rescaled
+    to ‖ΔW‖_F (EffOPD Fig. 3)."""
+    spectral_keep(torch.eye(2, dtype=torch.float64), percent, which, rescale, basis, rank)  # bad settings fail at build
+    return lambda w0, d, others: spectral_keep(d, percent, which, rescale, basis, rank)
 
 
 @edit("norm_rescale")

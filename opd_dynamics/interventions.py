@@ -52,10 +52,11 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from .device import resolve_device
 from .edits import BuiltEdit, EditSpec
 from .errors import CheckpointError, OPDError
 from .io.checkpoint import Checkpoint
-from .io.discovery import Run, _weights_dir, open_run
+from .io.discovery import Run, open_run, weights_dir
 from .naming import Part, parts, view
 from .patching import Patch, patched
 from .plans import PLAN_PREFIX, Plan, Rule, parse_label, resolve_step
@@ -97,10 +98,8 @@ class InterventionEngine:
                  allow_pickle: bool = False):
         from transformers import AutoModelForCausalLM
 
-        from .analyze import resolve_device
-
         base = Path(base)
-        self.base = Checkpoint(_weights_dir(base) or base, allow_pickle=allow_pickle)
+        self.base = Checkpoint(weights_dir(base) or base, allow_pickle=allow_pickle)
         self.device = resolve_device(device)
         if dtype == "auto":
             dtype = "bfloat16" if self.device.type == "cuda" else "float32"
@@ -288,8 +287,8 @@ class InterventionEngine:
 
 def study_frame(df: pd.DataFrame) -> pd.DataFrame:
     """The plan rows of a long table as the plots' study frame (``study, run, variant, x, metric, value,
-    update_norm``; see :mod:`opd_dynamics.plots.frames`)."""
-    from .plots.frames import from_records
+    update_norm``; see :mod:`opd_dynamics.frames`)."""
+    from .frames import from_records
 
     plans = df[df["module"].str.startswith(PLAN_PREFIX)]
     norms = plans[plans["metric"] == UPDATE_NORM].set_index(["run", "module"])["value"]

@@ -7,12 +7,17 @@ What the table shows is what is informative:
 - each similarity's chance level (``*_chance``) stands beside it;
 - top-1 % (EffOPD Table 1) keeps ⌈0.01·r⌉ singular values: for every matrix with numerical rank r ≤ 100 that
   is one value, and the column is σ₁'s share again. :func:`informative` drops such a duplicate column and says so.
+
+``aggregate="ratio_of_sums"`` (the ``authors`` preset) aggregates the two shares of ‖ΔW‖_F (σ₁/‖ΔW‖_F and
+top-1 %) as the EffOPD release's ``upd_rank.py`` does: Σ‖ΔW_k‖_F / Σ‖ΔW‖_F over the modules, i.e. a mean weighted by
+‖ΔW‖_F; every other column stays an unweighted mean.
 """
 from __future__ import annotations
 
 import pandas as pd
 
-from .table import BODY_KINDS, KIND, METRIC, RUN, STEP, VALUE
+from .errors import OPDError
+from .table import BODY_KINDS, KIND, METRIC, MODULE, RUN, STEP, VALUE
 
 ORDER = ("spectral_norm", "spectral_ratio", "effective_rank", "top1pct_ratio", "stable_rank",
          "alignment_to_final", "alignment_to_final_chance", "subspace_locking", "subspace_locking_chance",
@@ -21,17 +26,48 @@ TO_FINAL = ("alignment_to_final", "alignment_to_final_chance", "subspace_locking
 """Columns that compare a step with the run's final step: 1 (or their chance level) there by construction."""
 
 
+SHARES_OF_FROBENIUS = ("spectral_ratio", "top1pct_ratio")
+"""Columns that are x/‖ΔW‖_F per module: ``aggregate="ratio_of_sums"`` weights them by ‖ΔW‖_F."""
+AGGREGATES = ("mean", "ratio_of_sums")
+
+
 def _to_final(column: str) -> bool:
     return column.split("[", 1)[0] in TO_FINAL
 
 
-def table1(df: pd.DataFrame, *, final_only: bool = False) -> pd.DataFrame:
+def _ratio_of_sums(body: pd.DataFrame, wide: pd.DataFrame) -> pd.DataFrame:
+    """Replace the share-of-‖ΔW‖_F columns of ``wide`` by Σ(shareᵢ·‖ΔWᵢ‖_F) / Σ‖ΔWᵢ‖_F per (run, step)."""
+    shares = [c for c in wide.columns if c.split("[", 1)[0] in SHARES_OF_FROBENIUS]
+    if not shares:
+        return wide
+    frob = body[body[METRIC] == "frobenius"].set_index([RUN, STEP, MODULE])[VALUE]
+    if frob.empty:
+        raise OPDError("Table 1 as a ratio of sums needs the frobenius metric in the table",
+                       hint="add -m frobenius to the analysis (it is in the default set)")
+    wide = wide.copy()
+    for c in shares:
+        share = body[body[METRIC] == c].set_index([RUN, STEP, MODULE])[VALUE]
+        both = pd.DataFrame({"share": share, "frob": frob}).dropna()
+        both["num"] = both["share"] * both["frob"]
+        g = both.groupby(level=[RUN, STEP])[["num", "frob"]].sum()
+        wide[c] = (g["num"] / g["frob"]).reindex(wide.index)
+    return wide
+
+
+def table1(df: pd.DataFrame, *, final_only: bool = False, aggregate: str | None = None,
+           preset: str | None = None) -> pd.DataFrame:
     """Wide table: one row per (run, step), one column per metric, unweighted mean over attn/MLP matrices.
 
     NaN values (zero updates) are left out of the means. Alignment / locking to the final step (and their chance
     levels) are blank at each run's final step and absent from the ``final_only`` table: there they are 1 by
-    construction.
+    construction. ``aggregate``: ``"mean"`` (default, a mean of per-module ratios) or ``"ratio_of_sums"`` (the
+    shares of ‖ΔW‖_F as Σ‖ΔW_k‖_F / Σ‖ΔW‖_F, the EffOPD release); default: ``preset``'s (docs/fidelity.md).
     """
+    from .presets import resolve
+
+    aggregate = resolve("table1", preset, aggregate=aggregate)["aggregate"]
+    if aggregate not in AGGREGATES:
+        raise OPDError(f"aggregate={aggregate!r} not understood", hint=f"use one of {', '.join(AGGREGATES)}")
     body = df[df[KIND].isin(BODY_KINDS)]
     last = body.groupby(RUN, observed=True)[STEP].transform("max")
     if final_only:
@@ -40,6 +76,8 @@ def table1(df: pd.DataFrame, *, final_only: bool = False) -> pd.DataFrame:
         body = body.assign(**{VALUE: body[VALUE].where(~((body[STEP] == last) &
                                                           body[METRIC].astype(str).map(_to_final)))})
     wide = body.groupby([RUN, STEP, METRIC], observed=True)[VALUE].mean().unstack(METRIC)
+    if aggregate == "ratio_of_sums":
+        wide = _ratio_of_sums(body, wide)
     cols = [c for c in ORDER if c in wide.columns] + sorted(c for c in wide.columns if c not in ORDER
                                                              and c not in ("min_dim", "numerical_rank"))
     if final_only:

@@ -11,6 +11,7 @@ This is *not* training: the reference runs (``opd_dynamics.lab``) are the real t
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from pathlib import Path
@@ -55,14 +56,26 @@ def planted_update(shape, t: float, kind: str, gen: torch.Generator, start: tupl
     return scale * ((u * d) @ v.T + noise)
 
 
+@contextlib.contextmanager
+def quiet_saving():
+    """Silence transformers' "Writing model shards" bar for one save (our own bars report progress)."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
 def make_synthetic_runs(out_dir, *, steps=(1, 2, 4, 8, 16, 32), kinds=("opd", "rl"), layers: int = 2,
                         hidden: int = 32, vocab: int = 64, seed: int = 0, dtype: str = "float32") -> dict[str, Path]:
     """Write ``out_dir/base/`` and ``out_dir/<kind>/checkpoint-N/`` for each kind; return their paths."""
     out = Path(out_dir)
     model = tiny_llama(hidden, layers, vocab, seed=seed)
     tdtype = getattr(torch, dtype)
-    from .lab.checkpoints import quiet_saving
-
     with quiet_saving():
         model.to(tdtype).save_pretrained(out / "base", safe_serialization=True)
     base = {k: v.detach().to(torch.float64) for k, v in model.state_dict().items()}

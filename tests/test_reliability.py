@@ -178,6 +178,19 @@ def case_effopd_bad_rule(tmp, runs, res):
             tmp / "out", "--rule '=>' not understood")
 
 
+def case_analyze_bad_preset(tmp, runs, res):
+    return ["analyze", runs["opd"], "--base", runs["base"], "--preset", "authorz"], tmp / "out", "preset 'authorz' unknown"
+
+
+def case_show_bad_preset(tmp, runs, res):
+    return ["show", res, "--preset", "x"], tmp / "out", "preset 'x' unknown"
+
+
+def case_spectral_partition_fractional_rank(tmp, runs, res):
+    return (["interventions", "spectral-partition", runs["opd"], "--base", runs["base"], "--task", "lab:tiny",
+             "--ranks", "1.5"], tmp / "out", "ranks=[1.5]: expected whole numbers")
+
+
 def case_effopd_bad_preset(tmp, runs, res):
     return (["effopd", "replay", runs["opd"], "--base", runs["base"], "--task", "lab:tiny", "--preset", "author"],
             tmp / "out", "preset 'author' unknown")
@@ -204,7 +217,7 @@ def case_list_metrics_extra_argument(tmp, runs, res):
 
 
 CASES = {name.removeprefix("case_"): fn for name, fn in dict(globals()).items() if name.startswith("case_")}
-NO_OUT_FLAG = {"show_unreadable_table", "demo_out_is_a_file", "list_metrics_extra_argument"}
+NO_OUT_FLAG = {"show_unreadable_table", "show_bad_preset", "demo_out_is_a_file", "list_metrics_extra_argument"}
 
 
 @pytest.fixture(scope="module")

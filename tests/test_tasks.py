@@ -11,7 +11,7 @@ import pytest
 from opd_dynamics.errors import OPDError
 from opd_dynamics.evaluators import EvalContext, EvalSpec, TaskSpec
 from opd_dynamics.evaluators.checkers import math_equal, math_gold
-from opd_dynamics.lab.rows import RowsTask, last_boxed
+from opd_dynamics.task.rows import RowsTask, last_boxed
 from opd_dynamics.lab.tokenizer import char_tokenizer
 
 CHAT = ("{% for m in messages %}<{{ m['role'][0] }}>{{ m['content'] }}\n{% endfor %}"
@@ -134,7 +134,7 @@ def test_accuracy_checker_option_and_manifest_details():
 def test_stop_strings_end_generation():
     import torch
 
-    from opd_dynamics.lab.generation import generate
+    from opd_dynamics.generation import generate
     from opd_dynamics.lab.models import ModelSpec, build_model
 
     tok = char_tokenizer()
@@ -147,10 +147,8 @@ def test_stop_strings_end_generation():
     assert torch.equal(cut.sequences[:, :cut.prompt_len], free.sequences[:, :free.prompt_len])
 
 
-def test_a_row_without_the_mapped_columns_is_a_one_line_cli_error(tmp_path):
-    from intervention_fixtures import tiny_llama_runs
-
-    paths = tiny_llama_runs()
+def test_a_row_without_the_mapped_columns_is_a_one_line_cli_error(tmp_path, tiny_llama_runs):
+    paths = tiny_llama_runs
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"question": "1+1=", "answer": "2"}, {"question": "2+2="}])
     out = tmp_path / "out"
     r = subprocess.run([sys.executable, "-m", "opd_dynamics_cli.app", "interventions", "norm-scaling", paths["run"],

@@ -2,7 +2,7 @@
 
 On a fixed probe batch (``input_ids``, ``attention_mask`` and optionally ``mask``: 1 on the response positions
 to score, default the attention mask), both models' next-token distributions are compared with
-:func:`opd_dynamics.lab.diagnostics.token_diagnostics` — top-k overlap ratio, overlap mass (student's and
+:func:`opd_dynamics.diagnostics.token_diagnostics` — top-k overlap ratio, overlap mass (student's and
 teacher's), entropy gap and overlap advantage — and logged as ``tokens/<name>`` with the cost
 (``tokens/cost_s``, ``tokens/cost_share``). Cost: one forward pass of each model on the probe batch.
 
@@ -16,7 +16,7 @@ from typing import Mapping
 import torch
 
 from ..errors import OPDError
-from ..lab.diagnostics import K, token_diagnostics
+from ..diagnostics import K, token_diagnostics
 from ._logging import Measured
 
 
@@ -29,15 +29,19 @@ class TokenDiagnosticsCallback(Measured):
         every: measure every N optimizer steps; None measures at each checkpoint save.
         k: the top-k of the overlap figures.
         max_share: skip measurements while their total time exceeds this share of the training time.
+        preset: ``paper`` (default) or ``authors`` (thunlp/OPD's overlap mass and overlap advantage; docs/fidelity.md).
     """
 
     def __init__(self, probe: Mapping[str, torch.Tensor], *, teacher: torch.nn.Module | None = None,
-                 every: int | None = None, k: int = K, prefix: str = "tokens/", max_share: float | None = None):
+                 every: int | None = None, k: int = K, prefix: str = "tokens/", max_share: float | None = None,
+                 preset: str | None = None):
         super().__init__(every=every, prefix=prefix, max_share=max_share)
         if "input_ids" not in probe:
             raise OPDError("TokenDiagnosticsCallback: the probe batch has no input_ids",
                            hint="pass a tokenizer's output: tok(texts, return_tensors='pt', padding=True)")
-        self.probe, self.teacher, self.k = dict(probe), teacher, k
+        from ..presets import check
+
+        self.probe, self.teacher, self.k, self.preset = dict(probe), teacher, k, check(preset)
 
     def start(self, model) -> None:
         if self.teacher is None and self.trainer is not None:
@@ -64,5 +68,5 @@ class TokenDiagnosticsCallback(Measured):
             finally:
                 m.train(was)
         vocab = min(x.shape[-1] for x in logits)
-        d = token_diagnostics(logits[0][..., :vocab], logits[1][..., :vocab], mask, k=self.k)
+        d = token_diagnostics(logits[0][..., :vocab], logits[1][..., :vocab], mask, k=self.k, preset=self.preset)
         return {f"{self.prefix}{name}": value for name, value in d.items()}

@@ -1,4 +1,4 @@
-"""EffOPD results as the study frame (``opd_dynamics.plots.frames``) the figures and the report read.
+"""EffOPD results as the study frame (``opd_dynamics.frames``) the figures and the report read.
 
 Rows: ``variant="opd"`` the plain run's score per saved step; ``variant="effopd"`` the best score the search
 reached at each power of two (what training would continue from); ``variant="accepted"`` the steps where an
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ..plots.frames import from_records
+from ..frames import from_records
 
 
 def replay_frame(report, *, run: str, metric: str) -> pd.DataFrame:

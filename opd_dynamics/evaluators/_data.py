@@ -7,7 +7,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import OPDError
-from ..lab.generation import pair_rollout, response_logits
+from ..generation import pair_rollout, response_logits
 
 
 def examples(ctx, split: str, limit: int | None) -> list:

@@ -2,7 +2,7 @@
 
 acc = (1/N) Σᵢ (1/n) Σⱼ verify(gen_ij, answer_i); greedy (``samples=0``) is n = 1 at temperature 0. Sampling
 draws from a ``torch.Generator`` seeded with ``seed`` at the start of every call, so the same weights give the
-same score. Generation is :func:`opd_dynamics.lab.generation.generate` (left-padded batches, KV cache, the
+same score. Generation is :func:`opd_dynamics.generation.generate` (left-padded batches, KV cache, the
 task's ``stop`` strings and ``max_new_tokens``). ``checker`` decides what counts as correct
 (:mod:`opd_dynamics.evaluators.checkers`: ``exact`` = the task's verifier, ``math`` = math-verify); the checker and
 the answer extraction are recorded in ``score.details`` (the manifest's ``answer_checking``).
@@ -13,7 +13,7 @@ from typing import Literal
 
 import torch
 
-from ..lab.generation import generate
+from ..generation import generate
 from . import checkers
 from ._data import batches, examples, special_tokens
 from .registry import evaluator

@@ -1,7 +1,7 @@
 """Which task an evaluator scores on, as a JSON-able spec: the lab's addition task or the user's own rows.
 
-- ``lab:PRESET`` — :func:`opd_dynamics.lab.reference.make_task` (the task the reference runs trained on);
-- ``PATH`` — a ``.jsonl`` / ``.json`` / ``.csv`` / ``.parquet`` file (:class:`opd_dynamics.lab.rows.RowsTask`);
+- ``lab:PRESET`` — :func:`opd_dynamics.task.addition.lab_task` (the task the reference runs trained on);
+- ``PATH`` — a ``.jsonl`` / ``.json`` / ``.csv`` / ``.parquet`` file (:class:`opd_dynamics.task.rows.RowsTask`);
   ``PATH:SPLIT`` reads the whole file as one evaluation set;
 - ``dataset:PATH_OR_NAME[:SPLIT]`` — a ``Dataset.save_to_disk`` directory or anything ``datasets.load_dataset``
   opens offline; the named split is one evaluation set that every evaluator ``split=`` reads.
@@ -55,11 +55,11 @@ class TaskSpec:
         if "stop" in opts:
             opts["stop"] = tuple(opts["stop"])
         if text.startswith("lab:"):
-            from ..lab.presets import PRESETS
+            from ..task.addition import LAB_TASKS
 
             preset = text.removeprefix("lab:")
-            if preset not in PRESETS:
-                raise OPDError(f"--task {text!r}: no lab preset {preset!r}", hint=f"use one of {sorted(PRESETS)}")
+            if preset not in LAB_TASKS:
+                raise OPDError(f"--task {text!r}: no lab preset {preset!r}", hint=f"use one of {sorted(LAB_TASKS)}")
             if opts:
                 raise OPDError(f"--task {text}: the lab task takes no task options (got {sorted(opts)})",
                                hint="drop them; the lab task has its own prompts and verifier")
@@ -83,11 +83,11 @@ class TaskSpec:
 
     def build(self):
         if self.kind == "lab":
-            from ..lab.reference import make_task
+            from ..task.addition import lab_task
 
-            return make_task(self.preset, self.seed)
+            return lab_task(self.preset, self.seed)
         if self.kind == "jsonl":
-            from ..lab.rows import JsonlTask
+            from ..task.rows import JsonlTask
 
             try:
                 return JsonlTask(self.path, answer_regex=self.answer_regex or DEFAULT_REGEX, seed=self.seed)
@@ -96,7 +96,7 @@ class TaskSpec:
             except (ValueError, TypeError, AttributeError) as e:  # bad JSON, not UTF-8, rows that are not objects
                 why = str(e).removeprefix(f"{self.path}:").strip()
                 raise OPDError(f"{self.path}: {why}", hint="one UTF-8 JSON object per line with prompt and answer") from None
-        from ..lab.rows import RowsTask
+        from ..task.rows import RowsTask
 
         rows = read_file(self.path) if self.kind == "file" else read_dataset(self.path, self.split)
         source = self.path if self.kind == "file" else f"dataset:{self.path}" + (f":{self.split}" if self.split else "")

@@ -64,7 +64,7 @@ class Run:
 _NESTED_ROOTS = ("_actor", "checkpoint")
 
 
-def _weights_dir(d: Path) -> Path | None:
+def weights_dir(d: Path) -> Path | None:
     """The directory under a step directory that holds a checkpoint in a known format (verl nests them)."""
     hit = formats.detect(d)
     return None if hit is None else hit[1]
@@ -135,7 +135,7 @@ def find_steps(root: str | Path, storage: StorageConfig | None = None,
     if hub.is_revision_set(root):
         found = {}
         for step, rev in hub.revisions(root).items():
-            wd = _weights_dir(rev)
+            wd = weights_dir(rev)
             if wd is None:
                 raise CheckpointError(f"{rev}: a revision without HF weights", hint="check the revision list")
             found[step] = wd
@@ -144,7 +144,7 @@ def find_steps(root: str | Path, storage: StorageConfig | None = None,
         raise OPDError(f"{root}: no such directory", hint="check the path")
     if not root.is_dir():
         raise OPDError(f"{root}: not a directory", hint="point at the run's output directory")
-    single = _weights_dir(root)
+    single = weights_dir(root)
     if single is not None:
         return {_single_step(root): single}
     root = _step_root(root)
@@ -163,7 +163,7 @@ def find_steps(root: str | Path, storage: StorageConfig | None = None,
         if not child.is_dir():
             continue
         try:
-            wd = _weights_dir(child)
+            wd = weights_dir(child)
         except PermissionError as e:
             raise CheckpointError(f"{e.filename}: permission denied", hint=f"get read access, or leave step "
                                   f"{m.group(1)} out with --steps") from None

@@ -27,7 +27,7 @@ from .loop import StepHook, TrainConfig, train
 from .opd import OPDStep
 from .presets import Preset, get_preset
 from .sft import TeacherSFTStep
-from .task import Task
+from ..task.protocol import Task
 
 ARMS = ("opd", "rl", "sft")
 

@@ -20,7 +20,6 @@ A directory is written under a temporary name and renamed, so a crash never leav
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import shutil
@@ -29,22 +28,11 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from ..synthetic import quiet_saving
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
-
-@contextlib.contextmanager
-def quiet_saving():
-    """Silence transformers' "Writing model shards" bar for one save (our own bars report progress)."""
-    from transformers.utils import logging as hf_logging
-
-    was = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was:
-            hf_logging.enable_progress_bar()
 
 def checkpoint_steps(total: int, every: int = 0) -> list[int]:
     """Powers of two ≤ total, multiples of ``every`` (0: none) and ``total`` itself, sorted."""

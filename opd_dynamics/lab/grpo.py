@@ -36,8 +36,8 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .batches import Batches
-from .generation import Rollout, generate, response_logits, token_logprobs
-from .task import Example, Task
+from ..generation import Rollout, generate, response_logits, token_logprobs
+from ..task.protocol import Example, Task
 
 
 def group_advantages(rewards: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:

@@ -23,8 +23,8 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .batches import Batches
-from .generation import generate, response_logits, token_logprobs
-from .task import Example, Task
+from ..generation import generate, response_logits, token_logprobs
+from ..task.protocol import Example, Task
 
 VARIANTS = ("full", "sampled")
 

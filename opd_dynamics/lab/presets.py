@@ -22,11 +22,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..task.addition import LAB_TASKS
 from .models import ModelSpec
 
 
 @dataclass(frozen=True)
 class Preset:
+    """One preset; its task (digits and problem counts) is the row of the same name in ``task.addition.LAB_TASKS``."""
+
     digits: int
     n_train: int
     n_eval: int                     # size of validation and of test
@@ -52,7 +55,7 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     "default": Preset(
-        digits=2, n_train=4000, n_eval=200,
+        **LAB_TASKS["default"],
         teacher=ModelSpec(hidden=128, layers=4, heads=4, intermediate=512),
         student=ModelSpec(hidden=64, layers=8, heads=4, intermediate=256),
         teacher_steps=600, teacher_target=0.97, base_steps=400, base_target=0.2,
@@ -60,7 +63,7 @@ PRESETS: dict[str, Preset] = {
         run_steps=64, prompts_per_step=16, group_size=8, run_lr=3e-4, run_warmup=4, save_every=8,
         diagnostic_prompts=64, rl_lr=5e-5),
     "small": Preset(
-        digits=2, n_train=2000, n_eval=100,
+        **LAB_TASKS["small"],
         teacher=ModelSpec(hidden=96, layers=4, heads=4, intermediate=384),
         student=ModelSpec(hidden=48, layers=8, heads=4, intermediate=192),
         teacher_steps=300, teacher_target=0.95, base_steps=200, base_target=0.2,
@@ -68,7 +71,7 @@ PRESETS: dict[str, Preset] = {
         run_steps=16, prompts_per_step=8, group_size=8, run_lr=3e-4, run_warmup=4, save_every=4,
         diagnostic_prompts=32, rl_lr=5e-5),
     "tiny": Preset(
-        digits=1, n_train=64, n_eval=16,
+        **LAB_TASKS["tiny"],
         teacher=ModelSpec(hidden=32, layers=2, heads=2, intermediate=64, max_positions=32),
         student=ModelSpec(hidden=16, layers=4, heads=2, intermediate=32, max_positions=32),
         teacher_steps=20, teacher_target=1.0, base_steps=5, base_target=1.0,

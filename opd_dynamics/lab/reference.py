@@ -34,10 +34,10 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel
 
-from .addition import AdditionTask
+from ..task.addition import AdditionTask
 from .arms import ARMS, run_arm, torch_threads
 from .checkpoints import save_model_dir, torch_dtype
-from .diagnostics import gap_recovery
+from ..diagnostics import gap_recovery
 from .evaluation import Evaluator, accuracy
 from .loop import TrainConfig, train
 from .models import build_model, load_model

@@ -20,8 +20,8 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .batches import Batches
-from .generation import Rollout, generate, pair_rollout, response_logits, token_logprobs
-from .task import Example, Task
+from ..generation import Rollout, generate, pair_rollout, response_logits, token_logprobs
+from ..task.protocol import Example, Task
 
 
 def sft_loss(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -125,6 +125,9 @@ MOTION_TOL = 1e-7
 
 
 class _Rank1PCA:
+    def __init__(self, standardize: bool = False):
+        self.standardize = standardize
+
     def collect(self, view):
         if view.spectrum.rank == 0:
             return None
@@ -142,18 +145,25 @@ class _Rank1PCA:
                 u = -u
             rows.append(u)
             prev = u
-        x = np.stack(rows)
+        x = np.stack(rows).astype(np.float64)
         x = x - x.mean(axis=0)
-        sv = np.linalg.svd(x, compute_uv=False) ** 2
         # u₁ that does not move (RMS displacement below ~1e-7, the Gram path's vector accuracy) has no principal
         # direction of motion: its "EVR" would be the PCA of rounding noise, so report NaN
-        moved = sv.sum() > len(rows) * MOTION_TOL ** 2
+        moved = float((x ** 2).sum()) > len(rows) * MOTION_TOL ** 2
+        if self.standardize:  # sklearn's StandardScaler: unit variance per coordinate (ddof 0; constant ones kept)
+            sd = x.std(axis=0)
+            x = x / np.where(sd > 0, sd, 1.0)
+        sv = np.linalg.svd(x, compute_uv=False) ** 2
         evr = sv / sv.sum() if moved else np.full_like(sv, math.nan)
         return {last: {"rank1_pca_evr1": float(evr[0]), "rank1_pca_evr2": float(evr[1])}}
 
 
 @metric("rank1_pca_evr", family="direction", trajectory=True, paper="EffOPD App. (rank-1 trajectory)",
         outputs=(Output("rank1_pca_evr1", "EVR of PC1 (%)", "%", (0, 1)), Output("rank1_pca_evr2", "EVR of PC2 (%)", "%", (0, 1))))
-def rank1_pca_evr():
-    """Explained-variance ratio of the first two PCA components of the u₁(ΔW_t) trajectory (reported at the final step)."""
-    return _Rank1PCA()
+def rank1_pca_evr(standardize: bool = False):
+    """Explained-variance ratio of the first two PCA components of the u₁(ΔW_t) trajectory (reported at the final step).
+
+    ``standardize=True`` scales every coordinate of u₁ to unit variance across steps first, as the EffOPD release's
+    ``StandardScaler`` does (the ``authors`` preset; docs/fidelity.md).
+    """
+    return _Rank1PCA(standardize)

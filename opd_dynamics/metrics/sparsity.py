@@ -8,7 +8,9 @@ subnetworks", 2025) use an absolute tolerance instead, |ŵ − w| ≤ 1e-5: ``to
 The mask of changed entries (M_upd) is computed once per (module, step) and shared with the principal-mask
 overlaps in :mod:`.principal`. All of these need W_t exactly as stored (``needs_after``); the fraction depends
 on the checkpoint dtype (an fp32 checkpoint changes many more entries than a bf16 one), so it is reported
-beside every value. Cost: a few elementwise passes over the matrix, no decomposition.
+beside every value. ``cast="stored"`` counts at the checkpoint's own precision instead: an entry is unchanged only
+when its stored value is exactly equal (for an fp32 checkpoint, every update below bf16 resolution then counts as
+a change). Cost: a few elementwise passes over the matrix, no decomposition.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ ETA = 1e-3            # relative tolerance (PNT / Geometry of OPD)
 ATOL_MUKHERJEE = 1e-5  # absolute tolerance (Mukherjee et al. 2025)
 TOLERANCES = ("relative", "absolute")
 Tolerance = Literal["relative", "absolute"]
+CASTS = ("bf16", "stored")
 
 
 def bf16_unchanged(w: torch.Tensor, w_hat: torch.Tensor, *, tolerance: str = "relative", eta: float = ETA,
@@ -45,8 +48,14 @@ def bf16_unchanged(w: torch.Tensor, w_hat: torch.Tensor, *, tolerance: str = "re
     return diff <= torch.maximum(a.abs(), b.abs()).mul_(eta)
 
 
-def changed_mask(view, tolerance: str = "relative", eta: float = ETA, atol: float = ATOL_MUKHERJEE) -> torch.Tensor:
-    """M_upd of a view: entries whose bf16 value differs between W_ref and W_t (cached per (module, step))."""
+def changed_mask(view, tolerance: str = "relative", eta: float = ETA, atol: float = ATOL_MUKHERJEE,
+                 cast: str = "bf16") -> torch.Tensor:
+    """M_upd of a view: entries whose bf16 value differs between W_ref and W_t (cached per (module, step)).
+
+    ``cast="stored"``: entries whose stored values differ at all (the checkpoint's own precision; no tolerance).
+    """
+    if cast == "stored":
+        return view.cached_step("stored_changed", lambda: view.ref_raw.to(torch.float64) != view.after_raw.to(torch.float64))
     key = f"bf16_changed/{tolerance}/{eta}/{atol}"
     return view.cached_step(key, lambda: ~bf16_unchanged(view.ref_raw, view.after_raw, tolerance=tolerance,
                                                          eta=eta, atol=atol))
@@ -62,17 +71,19 @@ def _check(tolerance: str) -> None:
                  Output("sparsity_bf16_numel", bounds=(0, math.inf)),
                  Output("sparsity_bf16_bits", bounds=(1, 64))),
         paper="PNT; Geometry of OPD App. C.3 (absolute: Mukherjee et al. 2025)")
-def sparsity_bf16(tolerance: Tolerance = "relative", eta: float = ETA, atol: float = ATOL_MUKHERJEE):
+def sparsity_bf16(tolerance: Tolerance = "relative", eta: float = ETA, atol: float = ATOL_MUKHERJEE,
+                  cast: Literal["bf16", "stored"] = "bf16"):
     """Fraction of entries unchanged at bf16 resolution, with the entry count and the checkpoint's bits per value.
 
     ``tolerance="relative"``: |ŵ − w| ≤ eta·max(|w|, |ŵ|) (eta = 1e-3: bitwise-equal bf16). ``"absolute"``:
-    |ŵ − w| ≤ atol = 1e-5, Mukherjee et al.'s definition. The overall figure over a model is weighted by
+    |ŵ − w| ≤ atol = 1e-5, Mukherjee et al.'s definition. ``cast="stored"``: unchanged only if the stored values are
+    equal (an fp32 checkpoint counted at fp32). The overall figure over a model is weighted by
     ``sparsity_bf16_numel``: see :func:`overall_sparsity`.
     """
     _check(tolerance)
 
     def compute(view):
-        changed = changed_mask(view, tolerance, eta, atol)
+        changed = changed_mask(view, tolerance, eta, atol, cast)
         n = changed.numel()
         frac = 1.0 - float(changed.sum()) / n if n else math.nan
         bits = float(view.after_raw.dtype.itemsize * 8)

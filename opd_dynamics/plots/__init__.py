@@ -1,7 +1,7 @@
 """Paper figures: one function per figure, each taking a table and returning a matplotlib ``Figure``.
 
 Analysis figures take the long table (``run, step, ref_step, module, layer, expert, kind, metric, value``);
-intervention and EffOPD figures take a study frame (:mod:`opd_dynamics.plots.frames`). Every function
+intervention and EffOPD figures take a study frame (:mod:`opd_dynamics.frames`). Every function
 accepts ``colors={run: colour}`` so that a report keeps one colour per run across figures (default:
 the fixed Okabe–Ito colour of the method: OPD blue, RL vermillion, SFT green). A table that lacks what a
 figure draws raises :class:`PlotDataError` (an :class:`~opd_dynamics.errors.OPDError`) saying which
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from ._style import OKABE_ITO, PlotDataError, run_colors
 from .direction import alignment_curves, rank1_evr_bars
-from .frames import STUDY_COLUMNS, from_records, validate_study
+from ..frames import STUDY_COLUMNS, from_records, validate_study
 from .geometry import principal_angles_by_kind, sparsity_by_kind
 from .layers import layer_norm_bars, layer_step_heatmap
 from .overview import metric_vs_step, table1_bars

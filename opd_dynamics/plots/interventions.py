@@ -12,7 +12,7 @@ from typing import Mapping
 import pandas as pd
 
 from ._style import PlotDataError
-from .frames import METRIC, STUDY, is_study_frame
+from ..frames import METRIC, STUDY, is_study_frame
 
 STUDY_NAMES = ("sliding_window", "norm_scaling", "embedding_revert", "spectral_partition", "early_rescale",
                "subspace_projection")

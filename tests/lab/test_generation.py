@@ -3,7 +3,7 @@
 import torch
 
 from opd_dynamics.lab import ModelSpec, build_model, char_tokenizer, generate, response_logits
-from opd_dynamics.lab.generation import pair_rollout
+from opd_dynamics.generation import pair_rollout
 
 PROMPTS = ["1+2=", "100+200=", "5"]
 

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-import opd_dynamics.lab.generation as generation
+import opd_dynamics.generation as generation
 from opd_dynamics.lab import ModelSpec, build_model, char_tokenizer
 from opd_dynamics.lab.arms import run_arm
 from opd_dynamics.lab.batches import Batches
 from opd_dynamics.lab.grpo import GRPOStep, grpo_loss
 from opd_dynamics.lab.presets import get_preset
 from opd_dynamics.lab.reference import make_task
-from opd_dynamics.lab.task import Example
+from opd_dynamics.task.protocol import Example
 
 
 def model_and_tokenizer(seed=0):

@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import OPDError
-from .task import SPLITS, Example, check_split, extract_last
+from .protocol import SPLITS, Example, check_split, extract_last
 
 DEFAULTS = {"messages": ("messages",), "prompt": ("prompt", "question", "problem"), "answer": ("answer",),
             "solution": ("solution", "completion"), "split": ("split",)}
@@ -87,7 +87,7 @@ def _text(value: Any) -> str:
 
 
 class RowsTask:
-    """A :class:`~opd_dynamics.lab.task.Task` over rows (dicts). See the module docstring for the mapping."""
+    """A :class:`~opd_dynamics.task.protocol.Task` over rows (dicts). See the module docstring for the mapping."""
 
     def __init__(self, rows: list[dict[str, Any]], *, source: str = "rows", columns: dict[str, str] | None = None,
                  answer_regex: str | None = None, seed: int = 0, split: str | None = None, limit: int | None = None,

@@ -28,7 +28,7 @@ from __future__ import annotations
 import random
 import re
 
-from .task import Example, check_split, extract_last
+from .protocol import Example, check_split, extract_last
 
 ANSWER = re.compile(r"#(\d+)")
 
@@ -73,3 +73,22 @@ class AdditionTask:
 
     def verify(self, generation: str, answer: str) -> bool:
         return extract_last(ANSWER, generation) == str(answer).strip()
+
+
+# The reference runs' task at each lab preset (``opd_dynamics.lab.presets`` builds its presets from these rows), so a
+# reference model can be scored on its own task (``--task lab:PRESET``) without loading the trainer.
+LAB_TASKS: dict[str, dict[str, int]] = {
+    "default": {"digits": 2, "n_train": 4000, "n_eval": 200},
+    "small": {"digits": 2, "n_train": 2000, "n_eval": 100},
+    "tiny": {"digits": 1, "n_train": 64, "n_eval": 16},
+}
+
+
+def lab_task(preset: str, seed: int = 0) -> AdditionTask:
+    """The task lab preset ``preset`` trains on (validation and test both ``n_eval`` problems).
+
+    >>> t = lab_task("tiny", seed=0); (t.digits, len(t.examples("train")), len(t.examples("test")))
+    (1, 64, 16)
+    """
+    p = LAB_TASKS[preset]
+    return AdditionTask(p["digits"], p["n_train"], p["n_eval"], p["n_eval"], seed)

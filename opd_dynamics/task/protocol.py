@@ -19,11 +19,11 @@ An :class:`Example` is ``(prompt, answer, solution)``:
 - ``solution``: a worked solution, the text a perfect model would write after the prompt, answer
   included, so that ``task.verify(example.solution, example.answer)`` is True. It is the SFT target.
 
-Two tasks ship: :class:`~opd_dynamics.lab.addition.AdditionTask` (synthetic, built from a seed) and
-:class:`~opd_dynamics.lab.rows.RowsTask` (your own rows: JSONL, CSV, Parquet, ``datasets``; chat or plain
-prompts), with :class:`~opd_dynamics.lab.rows.JsonlTask` its JSONL form.
+Two tasks ship: :class:`~opd_dynamics.task.addition.AdditionTask` (synthetic, built from a seed) and
+:class:`~opd_dynamics.task.rows.RowsTask` (your own rows: JSONL, CSV, Parquet, ``datasets``; chat or plain
+prompts), with :class:`~opd_dynamics.task.rows.JsonlTask` its JSONL form.
 
->>> from opd_dynamics.lab.addition import AdditionTask
+>>> from opd_dynamics.task.addition import AdditionTask
 >>> isinstance(AdditionTask(digits=1, n_train=8, n_validation=1, n_test=1), Task)
 True
 """

@@ -1,0 +1,103 @@
+"""Layers only look down: read from the source (every ``import``, also those inside functions), and from fresh
+interpreters (what a cheap entry point actually loads)."""
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "opd_dynamics"
+HEAVY = ("torch", "pandas", "matplotlib", "transformers")
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports(path: Path, text: str | None = None) -> set[str]:
+    """Every module ``path`` (or ``text`` as if it were that file) imports, relative imports resolved
+    (``from . import x`` counts as ``pkg.x``)."""
+    package = _module_name(path) if path.name == "__init__.py" else _module_name(path).rpartition(".")[0]
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text() if text is None else text, str(path))):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([node.module] if node.module else []))
+            out.add(base)
+            out.update(f"{base}.{a.name}" for a in node.names)
+    return out
+
+
+def importers_of(target: str, files) -> list[str]:
+    return sorted(str(f.relative_to(ROOT)) for f in files
+                  if any(m == target or m.startswith(target + ".") for m in imports(f)))
+
+
+def library_files(*exclude: str) -> list[Path]:
+    return [f for f in PACKAGE.rglob("*.py") if not any(str(f.relative_to(PACKAGE)).startswith(e) for e in exclude)]
+
+
+def test_the_import_scanner_sees_relative_and_nested_imports():
+    """The scanner itself can fail: it must see ``from ..lab.x import y`` inside a function, and ``from . import``."""
+    code = "def f():\n    from ..lab.generation import generate\nfrom . import accuracy\n"
+    found = imports(PACKAGE / "evaluators" / "probe.py", code)
+    assert {"opd_dynamics.lab.generation", "opd_dynamics.evaluators.accuracy"} <= found
+
+
+def test_nothing_below_the_lab_imports_it():
+    """``lab/`` is the reference-run trainer; only the demo (which trains the reference runs) and the CLI sit above
+    it. Generation, the task protocol and token diagnostics are the library's own."""
+    assert importers_of("opd_dynamics.lab", library_files("lab/", "demo.py")) == []
+
+
+@pytest.mark.parametrize("layer", ["engine.py", "table.py", "frames.py", "analyze.py", "interventions.py", "effopd/",
+                                   "studies/", "metrics/", "io/", "evaluators/", "edits.py", "plugins.py"])
+def test_computation_layers_do_not_import_plotting(layer):
+    """Schemas live with the table (``table.py``, ``frames.py``); nothing that computes imports ``plots``."""
+    files = [f for f in library_files() if str(f.relative_to(PACKAGE)).startswith(layer)]
+    assert files and importers_of("opd_dynamics.plots", files) == []
+
+
+def test_interventions_take_no_peer_or_private_helpers():
+    found = imports(PACKAGE / "interventions.py")
+    assert not any(m == "opd_dynamics.analyze" or m.startswith("opd_dynamics.analyze.") for m in found)
+    private = [m for m in found if m.startswith("opd_dynamics.") and m.rpartition(".")[2].startswith("_")]
+    assert private == [], private
+
+
+def _loaded_after(code: str) -> list[str]:
+    probe = f"{code}\nimport sys; print('\\n'.join(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT)
+    return out.stdout.split()
+
+
+def test_asking_for_the_evaluator_list_does_not_load_the_lab():
+    loaded = _loaded_after("from opd_dynamics.evaluators import available; assert 'accuracy' in available()")
+    assert [m for m in loaded if m.startswith("opd_dynamics.lab")] == []
+
+
+def test_lab_package_imports_its_modules_on_demand():
+    loaded = _loaded_after("import opd_dynamics.lab as lab; lab.PRESETS")
+    assert sorted(m for m in loaded if m.startswith("opd_dynamics.lab.")) == ["opd_dynamics.lab.models",
+                                                                             "opd_dynamics.lab.presets"]
+
+
+def test_import_opd_dynamics_and_help_load_no_heavy_library():
+    """``import opd_dynamics`` and ``opd-dynamics --help`` stay cheap: no torch, pandas, matplotlib, transformers."""
+    loaded = _loaded_after("import opd_dynamics, types; assert isinstance(opd_dynamics.analyze, types.FunctionType)")
+    assert [m for m in HEAVY if m in loaded] == []
+    probe = ("import sys, atexit\n"
+             f"atexit.register(lambda: print('LOADED', [m for m in {HEAVY!r} if m in sys.modules]))\n"
+             "sys.argv = ['opd-dynamics', '--help']\n"
+             "from opd_dynamics_cli.app import main\nmain()\n")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT)
+    assert "Usage" in out.stdout and "LOADED []" in out.stdout, out.stdout[-500:] + out.stderr[-2000:]
