@@ -1,4 +1,5 @@
-"""Cost of the geometry metrics (SPEC §3–4) next to the core set, on a Qwen2-0.5B-shaped model and on a LoRA run.
+"""Cost of the geometry metrics (EffOPD arXiv 2605.11739 Fig. 4b; Geometry of OPD arXiv 2606.07082 App. C.3) next to
+the core set, on a Qwen2-0.5B-shaped model and on a LoRA run.
 
 Builds (under --dir) a bf16 base with Qwen2-0.5B's matrix shapes (hidden 896, intermediate 4864, 14 heads, 2 KV
 heads; --layers of them, a small vocabulary since embeddings are not selected), --steps full checkpoints whose

@@ -14,6 +14,8 @@ import typer
 
 from opd_dynamics.errors import OPDError
 
+from .lists import comma_list
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="markdown",
                   help="See how post-training moves LLM weights: update geometry, subspace locking, "
                        "interventions and EffOPD extrapolation.")
@@ -114,7 +116,7 @@ def analyze(
             return
         if report_dir is not None and out is None:
             raise OPDError("--report needs -o DIR (the report is drawn from the written table)", hint="add -o results/")
-        df = once(_int_list(steps, "--steps"), not quiet)
+        df = once(comma_list(steps, "--steps", int), not quiet)
         if not quiet:
             wide = table1(df, preset=preset)
             if len(wide):
@@ -169,7 +171,7 @@ def report(results: Annotated[list[str], typer.Argument(help="Directories writte
     from opd_dynamics.io.storage import parse_options
     from opd_dynamics.report import build_report
 
-    index = build_report(results, out, title=title, formats=[f.strip() for f in formats.split(",") if f.strip()],
+    index = build_report(results, out, title=title, formats=comma_list(formats, "--formats") or [],
                          storage=parse_options(storage_option))
     typer.echo(f"wrote {index}")
 
@@ -229,15 +231,6 @@ def _split_specs(text: str) -> list[str]:
         else:
             out.append(piece)
     return out
-
-
-def _int_list(text: str | None, flag: str) -> list[int] | None:
-    if not text:
-        return None
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise OPDError(f"{flag} {text!r}: expected comma-separated integers", hint=f"e.g. {flag} 1,2,4,8") from None
 
 
 def _against(text: str):

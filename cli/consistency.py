@@ -31,10 +31,11 @@ def mask_consistency_cmd(
 ) -> None:
     """Overlap of two runs' update masks per module and step (Path Not Taken's cross-run consistency), with chance."""
     from opd_dynamics.consistency import mask_consistency, overall
-    from opd_dynamics_cli.app import _int_list, _one_or_many
+    from opd_dynamics_cli.app import _one_or_many
+    from opd_dynamics_cli.lists import comma_list
 
     df = mask_consistency(run_a, run_b, base=_one_or_many(base), names=name, mask=mask, select=select,
-                          steps=_int_list(steps, "--steps"), out=out, progress=not quiet)
+                          steps=comma_list(steps, "--steps", int), out=out, progress=not quiet)
     if not quiet:
         summary = overall(df)
         typer.echo(f"mask {mask}: Jaccard pooled over {df.module.nunique()} matrices (chance: independent masks "

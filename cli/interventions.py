@@ -11,8 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from opd_dynamics.errors import OPDError
-
+from .lists import comma_list
 from .task_options import task_options
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="markdown",
@@ -39,15 +38,6 @@ def claimed(out: Path | None):
     from opd_dynamics.outdir import claim
 
     return claim(out) if out is not None else nullcontext()
-
-
-def _floats(text: str | None, flag: str) -> list[float] | None:
-    if text is None:
-        return None
-    try:
-        return [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise OPDError(f"{flag} {text!r}: expected comma-separated numbers", hint=f"e.g. {flag} 0,0.5,1") from None
 
 
 def _run(study: str, runs, *, base, task, evaluators, teacher, seed, device, out, figure, metric, quiet,
@@ -95,9 +85,9 @@ def sliding_window_cmd(run: Run, base: Base = None, task: Task = None, evaluator
                        families: Annotated[str, typer.Option(help="mlp, attn or mlp,attn.")] = "mlp,attn", task_options: Optional[dict] = None,
         tokenizer: Optional[Path] = None) -> None:
     """W0 + ΔW_T inside a window of layers, MLP-only and attention-only (EffOPD appendix). Layers are 0-based."""
-    cs = [int(x) for x in _floats(centres, "--centres")] if centres else None
     _run("sliding_window", run, base=base, task=task, evaluators=evaluator, teacher=teacher, seed=seed, device=device,
-         out=out, figure=figure, metric=metric, quiet=quiet, h=h, centres=cs, families=families.split(","),
+         out=out, figure=figure, metric=metric, quiet=quiet, h=h, centres=comma_list(centres, "--centres", int),
+         families=comma_list(families, "--families"),
          task_options=task_options, tokenizer=tokenizer)
 
 
@@ -110,7 +100,7 @@ def norm_scaling_cmd(run: Run, base: Base = None, task: Task = None, evaluator: 
         tokenizer: Optional[Path] = None) -> None:
     """W0 + α·ΔW_T for every module, against the global ‖α·ΔW_T‖_F (EffOPD Fig. 1a)."""
     _run("norm_scaling", run, base=base, task=task, evaluators=evaluator, teacher=teacher, seed=seed, device=device,
-         out=out, figure=figure, metric=metric, quiet=quiet, alphas=_floats(alphas, "--alphas"),
+         out=out, figure=figure, metric=metric, quiet=quiet, alphas=comma_list(alphas, "--alphas", float),
          task_options=task_options, tokenizer=tokenizer)
 
 
@@ -144,8 +134,9 @@ def spectral_partition_cmd(run: Run, base: Base = None, task: Task = None, evalu
 
     check(preset)
     _run("spectral_partition", run, base=base, task=task, evaluators=evaluator, teacher=teacher, seed=seed,
-         device=device, out=out, figure=figure, metric=metric, quiet=quiet, percents=_floats(percents, "--percents"),
-         rescale=rescale, rest=rest, ranks=_floats(ranks, "--ranks"), preset=preset,
+         device=device, out=out, figure=figure, metric=metric, quiet=quiet,
+         percents=comma_list(percents, "--percents", float),
+         rescale=rescale, rest=rest, ranks=comma_list(ranks, "--ranks", float), preset=preset,
          task_options=task_options, tokenizer=tokenizer)
 
 
@@ -159,8 +150,8 @@ def early_rescale_cmd(run: Run, base: Base = None, task: Task = None, evaluator:
         tokenizer: Optional[Path] = None) -> None:
     """Early checkpoints with each module's ΔW_t rescaled towards ‖ΔW_T‖_F, for each β (EffOPD Fig. 4c)."""
     _run("early_rescale", run, base=base, task=task, evaluators=evaluator, teacher=teacher, seed=seed, device=device,
-         out=out, figure=figure, metric=metric, quiet=quiet, at=_floats(at, "--at"),
-         betas=_floats(betas, "--betas"),
+         out=out, figure=figure, metric=metric, quiet=quiet, at=comma_list(at, "--at", float),
+         betas=comma_list(betas, "--betas", float),
          task_options=task_options, tokenizer=tokenizer)
 
 

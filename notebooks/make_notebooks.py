@@ -44,7 +44,7 @@ runs"""),
 (run, step, module, metric). `--base` is W₀, the model training started from."""),
     new_code_cell("""\
 metrics = ["frobenius", "relative_update", "spectral_norm", "spectral_ratio", "effective_rank",
-           "top1pct_ratio", "alignment_to_final", "subspace_locking"]
+           "top1pct_ratio", "alignment_to_final:k=2", "subspace_locking:k=2"]  # k = the planted opd rank
 df = opd_dynamics.analyze([runs["opd"], runs["rl"]], base=runs["base"], metrics=metrics, progress=False,
                           out=work / "results")
 df.head()"""),
@@ -52,7 +52,21 @@ df.head()"""),
 opd_dynamics.table1(df, final_only=True)  # EffOPD Table 1: mean over attention + MLP matrices"""),
     new_markdown_cell("Every figure is one function of the long table and returns a matplotlib `Figure`."),
     new_code_cell("P.table1_bars(df);"),
+    new_markdown_cell("""\
+Every similarity comes with its **chance level** as a row of its own (`*_chance`): what a random subspace of the
+same size scores, k/d. Read a similarity against it, not against 0: with k = 20 in these small matrices chance
+would be about 64 %, and the planted rank-2 `opd` direction would drown in 18 noise directions; with k = 2 it is 7 %.
+Both compare a step with the final one, so they are blank at the final step (100 % there by construction)."""),
+    new_code_cell("""\
+direction = ["alignment_to_final", "alignment_to_final_chance", "subspace_locking", "subspace_locking_chance"]
+opd_dynamics.table1(df)[["run", "step", *direction]]"""),
+    new_markdown_cell("The same in a figure: one line per run, the chance level dashed."),
     new_code_cell("P.alignment_curves(df);"),
+    new_markdown_cell("""\
+`preset="authors"` reproduces the released code's conventions where they differ from the paper's text
+(`docs/fidelity.md`); here Table 1 aggregates σ₁/‖ΔW‖_F as a ratio of sums across modules instead of a mean."""),
+    new_code_cell("""\
+opd_dynamics.table1(df, final_only=True, preset="authors")"""),
     new_code_cell('P.layer_step_heatmap(df, "relative_update");'),
     new_markdown_cell("""\
 `opd-dynamics report RESULTS -o report/` (or `opd_dynamics.report.build_report`) puts every figure, with the
@@ -89,7 +103,11 @@ One colour per method in every figure (Okabe–Ito, colour-blind safe): OPD blue
 A figure whose metric was not computed says which `--metrics` to add."""),
     new_code_cell("colors = P.run_colors(arms)\nP.table1_bars(df, colors=colors);"),
     new_code_cell('P.metric_vs_step(df, x="progress", colors=colors);'),
-    new_code_cell("P.alignment_curves(df, colors=colors);"),
+    new_code_cell("""\
+direction = ["alignment_to_final", "alignment_to_final_chance", "subspace_locking", "subspace_locking_chance"]
+early = opd_dynamics.table1(df)
+early[early.step == early.step.min()][["run", "step", *direction]]  # the first checkpoint against chance (k/d)"""),
+    new_code_cell("P.alignment_curves(df, colors=colors);  # dashed: the chance level"),
     new_code_cell("P.layer_norm_bars(df, runs=arms);"),
     new_code_cell("P.rank1_evr_bars(df, colors=colors);"),
     new_code_cell("""\
@@ -108,9 +126,9 @@ STUDIES = [
     new_markdown_cell("""\
 # Interventions and EffOPD
 
-Interventions (SPEC §5) edit a run's weights module by module — W = W₀ + (edited ΔW) — score the edited model,
-restore it bit for bit, and move on; EffOPD (SPEC §6) extrapolates along the current update direction at powers
-of two. Both write a **study frame** (`study, run, variant, x, metric, value`) that the figures and the report read.
+Interventions (EffOPD, arXiv 2605.11739, Figs. 1a–4c; `docs/interventions.md`) edit a run's weights module by
+module — W = W₀ + (edited ΔW) — score the edited model, restore it bit for bit, and move on; EffOPD (arXiv 2605.11739
+§4; `docs/effopd.md`) extrapolates along the current update direction at powers of two. Both write a **study frame** (`study, run, variant, x, metric, value`) that the figures and the report read.
 
 This notebook uses the `tiny` reference runs so it executes in well under a minute; their models learn little, so
 read the figures for their *shape*, not their numbers. `docs/interventions.md` and `docs/effopd.md` show the

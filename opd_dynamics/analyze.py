@@ -14,6 +14,7 @@ from collections import Counter
 from contextlib import nullcontext
 from typing import TYPE_CHECKING, Sequence
 
+from . import provenance
 from .device import resolve_device
 from .errors import OPDError
 from .presets import check, metric_specs
@@ -103,31 +104,17 @@ def _storage(storage: StorageConfig | dict | None) -> StorageConfig | None:
 
 def manifest(runs: list[Run], specs: list[Spec], **settings) -> dict:
     """Provenance written beside the table: inputs, versions, metric specs and settings."""
-    import datetime as _dt
-    import platform
-    from importlib import metadata
-
-    versions = {"python": platform.python_version()}
-    for pkg in ("opd-dynamics", "torch", "numpy", "safetensors", "transformers", "pandas"):
-        try:
-            versions[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            versions[pkg] = None
-
     def dtypes(ck):
         return dict(Counter(str(ck.dtype(k)).replace("torch.", "") for k in ck.keys()))
 
-    return {
-        "tool": "opd-dynamics analyze",
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "versions": versions,
-        "runs": [{"name": r.name, "root": str(r.root.resolve()), "base": str(r.base.path.resolve()),
-                  "base_dtypes": dtypes(r.base), "steps": {str(s): str(c.path.resolve()) for s, c in r.steps.items()},
-                  "checkpoint_format": r.steps[r.final_step].format,
-                  "checkpoint_dtypes": dtypes(r.steps[r.final_step])} for r in runs],
-        "metrics": [s.to_json() for s in specs],
-        "settings": settings,
-    }
+    return provenance.manifest(
+        "opd-dynamics analyze",
+        runs=[{"name": r.name, "root": str(r.root.resolve()), "base": str(r.base.path.resolve()),
+               "base_dtypes": dtypes(r.base), "steps": {str(s): str(c.path.resolve()) for s, c in r.steps.items()},
+               "checkpoint_format": r.steps[r.final_step].format,
+               "checkpoint_dtypes": dtypes(r.steps[r.final_step])} for r in runs],
+        metrics=[s.to_json() for s in specs],
+        settings=settings)
 
 
 def analyze(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] | None = None,
@@ -148,7 +135,8 @@ def analyze(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] | 
         base: the model training started from (W₀): one directory for all runs, or one per run.
             Default: each run's step-0 checkpoint.
         names: labels for the ``run`` column (default: directory names).
-        metrics: metric names or specs like ``"alignment_to_final:k=10,side=right"`` (default: SPEC §2–3 set).
+        metrics: metric names or specs like ``"alignment_to_final:k=10,side=right"`` (default: the
+            EffOPD arXiv 2605.11739 App. B / Table 1 / Fig. 4b set, docs/metrics.md).
         select: ``--select`` clauses (``kind=mlp_*``, ``layer=0-11``, ``name=REGEX``, ``matrix``).
         against: ``"base"`` (ΔW_t = W_t − W₀), ``"prev"`` (W_t − W_{t'}) or a fixed step number.
         steps: analyse only these steps.
@@ -200,7 +188,8 @@ def analyze(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] | 
         if out is not None:
             from .cache import CACHE_DIR, Memo
 
-            memo = Memo(out, runs, specs, {"version": _version(), "spectrum_method": spectrum_method,
+            version = provenance.package_version("opd-dynamics", "unknown")
+            memo = Memo(out, runs, specs, {"version": version, "spectrum_method": spectrum_method,
                                            "nonfinite": nonfinite, "device": dev.type, "lora_scaling": lora_scaling,
                                            "ds_weights": ds_weights},
                         reuse=cache)
@@ -229,12 +218,3 @@ def analyze(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] | 
                 memo.discard()
     df.attrs["skipped"] = skipped
     return df
-
-
-def _version() -> str:
-    from importlib import metadata
-
-    try:
-        return metadata.version("opd-dynamics")
-    except metadata.PackageNotFoundError:
-        return "unknown"

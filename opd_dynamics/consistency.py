@@ -30,6 +30,7 @@ from contextlib import nullcontext
 import pandas as pd
 import torch
 
+from . import provenance
 from .errors import OPDError
 from .linalg import Factored
 
@@ -181,8 +182,9 @@ def mask_consistency(run_a, run_b, *, base=None, names=None, mask: str = "top:0.
         selector = select if isinstance(select, Selector) else Selector.parse(list(select or []))
         df = from_rows(pair_rows(*runs, mask=mask, selector=selector, steps=steps, progress=progress))
         if claimed is not None:
-            manifest = {"tool": "opd-dynamics mask-consistency", "mask": mask, "select": selector.to_json(),
-                        "runs": [{"name": r.name, "root": str(r.root), "base": str(r.base.path)} for r in runs]}
+            manifest = provenance.manifest(
+                "opd-dynamics mask-consistency", mask=mask, select=selector.to_json(),
+                runs=[{"name": r.name, "root": str(r.root), "base": str(r.base.path)} for r in runs])
             claimed.commit(table_files(df, manifest))
     return df
 

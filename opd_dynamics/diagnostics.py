@@ -1,4 +1,4 @@
-"""Token-level diagnostics of on-policy distillation (Rethinking OPD; SPEC §7), as pure functions.
+"""Token-level diagnostics of on-policy distillation (Rethinking OPD, arXiv 2604.13016), as pure functions.
 
 Inputs are the student's and the teacher's logits at the same student-visited prefixes,
 ``student_logits`` and ``teacher_logits`` of shape (B, T, V), and ``mask`` (B, T), 1 on response

@@ -6,8 +6,8 @@ The maths (float64, every matrix in the (out, in) orientation of :mod:`opd_dynam
 - ``scale``          α·ΔW
 - ``revert``         0 (the module goes back to W₀; the engine does not even read it)
 - ``spectral``       ΔW = U Σ Vᵀ, keep the top-k% (or bottom-k%) singular components, k% of the numerical rank r
-                     (SPEC §1; ``basis="min_dim"`` counts min(m, n) instead); ``rescale`` multiplies the kept part by
-                     ‖ΔW‖_F / ‖kept‖_F (EffOPD Fig. 3)
+                     (numerical rank as in docs/metrics.md; ``basis="min_dim"`` counts min(m, n) instead); ``rescale``
+                     multiplies the kept part by ‖ΔW‖_F / ‖kept‖_F (EffOPD Fig. 3)
 - ``norm_rescale``   [1 + β(‖ΔW_T‖_F/‖ΔW_t‖_F − 1)]·ΔW_t, ΔW_T the update at step ``target`` (β = 1: the plain
                      rescale ΔW_t·‖ΔW_T‖_F/‖ΔW_t‖_F; EffOPD Fig. 4c)
 - ``project``        X V_K V_Kᵀ, V_K the top-K right singular vectors of the update at step ``onto``

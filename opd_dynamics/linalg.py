@@ -5,7 +5,7 @@ Paths and their errors (σ₁ = largest singular value, ε₆₄ ≈ 2.2e-16, ε
 - ``gram`` (default): float64 Gram XᵀX (or XXᵀ, the smaller side) accumulated in row blocks, then
   ``eigvalsh``. Eigenvalues carry absolute error ~ε₆₄·σ₁², so σᵢ is exact to ~1e-10·σ₁ for σᵢ ≳ 1e-4·σ₁ and
   σ below ~1e-8·σ₁ are lost in rounding. They are harmless for the metrics, which use σ only up to the
-  numerical rank (σ > σ₁·max(m,n)·ε₃₂, SPEC §1). 2–9× faster than ``svdvals`` on CPU.
+  numerical rank (σ > σ₁·max(m,n)·ε₃₂, docs/metrics.md). 2–9× faster than ``svdvals`` on CPU.
 - ``svd``: ``torch.linalg.svdvals`` in float32 on the tall orientation (a wide matrix is transposed first:
   4–6× faster, same values); error ~ε₃₂·σ₁ absolute.
 - ``svd64``: the same in float64; the oracle.
@@ -29,7 +29,7 @@ Paths and their errors (σ₁ = largest singular value, ε₆₄ ≈ 2.2e-16, ε
   tests hold both backends to every bound above); numpy forms ``bᵀb`` with ``syrk`` (half the flops of a GEMM).
 
 Everything works on CUDA tensors too (float64 is used there as well; the Gram keeps it cheap). The only
-CPU-pinned path is :func:`exact_svd` with ``cpu=True``, which SPEC §4 asks for (W₀ vs W_t principal angles).
+CPU-pinned path is :func:`exact_svd` with ``cpu=True``, which the W₀-vs-W_t principal angles use (Geometry of OPD arXiv 2606.07082 App. C.3).
 :data:`COUNTS` counts the decompositions done (tests and ``bench/`` check the one-per-(module, step) rule).
 """
 from __future__ import annotations
@@ -162,7 +162,7 @@ def singular_values(x: torch.Tensor, method: str = "gram") -> np.ndarray:
 
 
 def numerical_rank(sigma: np.ndarray, shape: tuple[int, int]) -> int:
-    """Count of σᵢ > σ₁·max(m, n)·ε₃₂ (SPEC §1)."""
+    """Count of σᵢ > σ₁·max(m, n)·ε₃₂ (docs/metrics.md)."""
     if sigma.size == 0 or sigma[0] <= 0:
         return 0
     return int(np.count_nonzero(sigma > sigma[0] * max(shape) * EPS32))
@@ -251,10 +251,10 @@ def randomized_svd(x: torch.Tensor, k: int, *, oversample: int = 10, n_iter: int
 
 
 def exact_svd(x: torch.Tensor, *, cpu: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Full thin SVD in float64: (U, σ, V) with X = U diag(σ) Vᵀ. The oracle, and SPEC §4's principal angles.
+    """Full thin SVD in float64: (U, σ, V) with X = U diag(σ) Vᵀ. The oracle, and the W₀-vs-W_t principal angles.
 
     A wide matrix is decomposed as its transpose (LAPACK is 1.5–2× faster on the tall side, same result).
-    ``cpu=True`` moves it to the CPU first (SPEC §4 pins W₀-vs-W_t geometry to float64 on the CPU).
+    ``cpu=True`` moves it to the CPU first (W₀ and W_t are nearly identical, so their geometry needs float64 on the CPU).
 
     >>> u, s, v = exact_svd(torch.tensor([[0., 2.], [1., 0.]]))
     >>> s.tolist(), (u @ torch.diag(s) @ v.T).tolist()

@@ -26,7 +26,6 @@ import inspect
 import json
 import os
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -35,6 +34,7 @@ import pandas as pd
 from .errors import OPDError, read_json
 from .io.storage import StorageConfig, as_path, is_remote
 from .outdir import claim
+from .provenance import package_version
 from .summary import ORDER, informative, table1
 from .table import BODY_KINDS, COLUMNS, DTYPES, EXPERT, KIND, MANIFEST_NAME, METRIC, RUN, STEP, VALUE, validate, with_expert
 
@@ -289,7 +289,7 @@ def _page(title: str, inputs: Inputs, colors, t1: pd.DataFrame | None, drawn, sk
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
              f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>",
              f"<p class='meta'>Built {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M} UTC by opd-dynamics "
-             f"{html.escape(_version())}. Means are unweighted over attention + MLP matrices unless a caption says "
+             f"{html.escape(package_version('opd-dynamics', 'unknown'))}. Means are unweighted over attention + MLP matrices unless a caption says "
              "otherwise; layers are 0-based.</p>", "<h2>Inputs</h2>", _inputs_html(inputs, colors)]
     if t1 is not None and len(t1):
         parts += ["<h2>Table 1 — final step</h2>", _html_table(t1)]
@@ -308,13 +308,6 @@ def _page(title: str, inputs: Inputs, colors, t1: pd.DataFrame | None, drawn, sk
             f"<li>{html.escape(f.title)}: {html.escape(why)}</li>" for f, why in skipped) + "</ul>")
     parts.append("</body></html>")
     return "\n".join(parts)
-
-
-def _version() -> str:
-    try:
-        return metadata.version("opd-dynamics")
-    except metadata.PackageNotFoundError:
-        return "unknown"
 
 
 # ---------------------------------------------------------------- build
@@ -387,7 +380,7 @@ def _build(inputs: Inputs, tmp: Path, title: str, formats: Sequence[str]) -> Non
         drawn.append((fig, png, int(mpl_fig.get_size_inches()[0] * 96)))
     (tmp / "index.html").write_text(_page(title, inputs, colors, t1, drawn, skipped, t1_notes), encoding="utf-8")
     (tmp / MARKER).write_text(json.dumps({
-        "tool": "opd-dynamics report", "version": _version(), "title": title,
+        "tool": "opd-dynamics report", "version": package_version("opd-dynamics", "unknown"), "title": title,
         "inputs": [{k: v for k, v in s.items() if k != "manifest"} for s in inputs.sources],
         "colors": colors, "figures": [f.slug for f, _, _ in drawn],
         "skipped": {f.slug: why for f, why in skipped}}, indent=2))

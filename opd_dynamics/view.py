@@ -62,7 +62,7 @@ class Spectrum:
 
     @cached_property
     def rank(self) -> int:
-        """Numerical rank r (SPEC §1)."""
+        """Numerical rank r: count of σᵢ > σ₁·max(m, n)·ε₃₂ (docs/metrics.md)."""
         return linalg.numerical_rank(self.sigma_all, self.shape)
 
     @cached_property
@@ -111,7 +111,7 @@ class ModuleView:
     first use. ``before`` is W_ref (float32, computed on first use). ``after`` is W_step exactly as stored, upcast
     (only when the engine was asked to keep it, see metric ``needs_after``). ``base_raw`` is W₀ as stored, whatever
     the reference: it is ``ref_raw`` when ref_step = 0, else read through ``base_fn`` (``against=prev`` or a fixed
-    step) — metrics defined against W₀ (SPEC §4) use it.
+    step) — metrics defined against W₀ (Geometry of OPD arXiv 2606.07082 App. C.3) use it.
     """
 
     run: str

@@ -1,4 +1,5 @@
-"""A chat model trained by TRL's GKDTrainer, built in code once per process: the user's situation in miniature.
+"""A chat model trained by TRL's GKDTrainer, built in code (the session fixture ``gkd_runs`` in ``conftest.py``
+builds it once): the user's situation in miniature.
 
 - a character tokenizer WITH a chat template (``<u>…\\n<a>`` turns), saved beside every model;
 - 16 memorisable ``messages`` rows (``"3+5="`` -> ``"8"``); a 2-layer hidden-64 Llama teacher taught them by plain
@@ -11,12 +12,8 @@
 """
 from __future__ import annotations
 
-import atexit
-import functools
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -87,14 +84,11 @@ def _gkd(out: Path, base: Path, teacher, tok, peft_config=None, lr: float = 1e-2
     return out
 
 
-@functools.lru_cache(maxsize=None)
-def gkd_runs() -> dict[str, Path]:
+def build_gkd_runs(root: Path) -> dict[str, Path]:
     """{'base', 'full', 'lora', 'jsonl', 'dataset', 'teacher'}: W₀, the two GKD runs, and the rows twice."""
     from datasets import Dataset
     from peft import LoraConfig
 
-    root = Path(tempfile.mkdtemp(prefix="gkd-chat-"))
-    atexit.register(shutil.rmtree, root, ignore_errors=True)
     tok = chat_tokenizer()
     teacher = _teach(llama(tok, 64, seed=1), tok)
     teacher.save_pretrained(root / "teacher")

@@ -1,12 +1,9 @@
 """Tiny runs built in code for the intervention tests: a 4-layer Llama with the lab's character tokenizer,
 W₀ plus checkpoint-{1,2,4}/ whose weights drift from W₀ by seeded noise (a planted rank-2 update per matrix),
-and a 2-layer GPT-2 with fused c_attn. Built once per process (seconds), no downloads."""
+and a 2-layer GPT-2 with fused c_attn (seconds, no downloads). The session fixtures ``tiny_llama_runs`` and
+``tiny_gpt2_runs`` in ``conftest.py`` build them once per test session."""
 from __future__ import annotations
 
-import functools
-import atexit
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -18,19 +15,10 @@ def _save(model, tokenizer, path: Path) -> Path:
     return path
 
 
-def _scratch(prefix: str) -> Path:
-    """A temporary directory removed when the test session's process exits (the fixtures are cached per process)."""
-    out = Path(tempfile.mkdtemp(prefix=prefix))
-    atexit.register(shutil.rmtree, out, ignore_errors=True)
-    return out
-
-
-@functools.lru_cache(maxsize=None)
-def tiny_llama_runs() -> dict[str, Path]:
+def build_tiny_llama_runs(out: Path) -> dict[str, Path]:
     from opd_dynamics.lab.models import ModelSpec, build_model
     from opd_dynamics.lab.tokenizer import char_tokenizer
 
-    out = _scratch("iv-llama-")
     tok = char_tokenizer()
     spec = ModelSpec(hidden=16, layers=4, heads=2, intermediate=32, max_positions=48, tie_embeddings=False)
     model = build_model(spec, tok, seed=0)
@@ -55,13 +43,11 @@ def tiny_llama_runs() -> dict[str, Path]:
     return {"base": out / "base", "run": out / "run", "teacher": out / "teacher"}
 
 
-@functools.lru_cache(maxsize=None)
-def tiny_gpt2_runs() -> dict[str, Path]:
+def build_tiny_gpt2_runs(out: Path) -> dict[str, Path]:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from opd_dynamics.lab.tokenizer import char_tokenizer
 
-    out = _scratch("iv-gpt2-")
     tok = char_tokenizer()
     cfg = GPT2Config(vocab_size=len(tok), n_embd=16, n_layer=2, n_head=2, n_positions=32,
                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)

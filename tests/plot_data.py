@@ -1,16 +1,16 @@
-"""Small tables for the figure and report tests: a real analysis of the synthetic runs, plus a study frame.
+"""Small tables for the figure and report tests (the ``long_table`` and ``studies`` fixtures of ``conftest.py``): a
+real analysis of the synthetic runs, plus a study frame.
 
-Principal-angle rows are added by hand (values in degrees, OPD ≈ 1°, RL ≈ 0.3°, SFT ≈ 12°) so the figure is
-exercised whether or not the metric is registered yet; the study frame holds illustrative scores, not results.
+Principal-angle rows are planted by hand (values in degrees, OPD ≈ 1°, RL ≈ 0.3°, SFT ≈ 12°) so the figure shows
+a known ordering; the study frame holds illustrative scores, not results. Every name in ``METRICS`` must be a
+registered metric: removing one fails these tests (``analyze`` refuses an unknown name) instead of skipping them.
 """
 from __future__ import annotations
 
 import math
 
 import pandas as pd
-import pytest
 
-from opd_dynamics.metrics.registry import available
 from opd_dynamics.frames import from_records
 from opd_dynamics.table import from_rows
 
@@ -53,18 +53,12 @@ def study_frame() -> pd.DataFrame:
     return from_records(rows)
 
 
-@pytest.fixture(scope="session")
-def long_table(synthetic_runs):
+def analysed(synthetic_runs) -> pd.DataFrame:
     """Long table of the synthetic opd + rl runs (2 layers, steps 1–8), plus an sft run and principal angles."""
     from opd_dynamics import analyze
 
-    known = available()
-    metrics = [m for m in METRICS if m in known and m != "principal_angles"]  # planted below instead
-    df = analyze([synthetic_runs["opd"], synthetic_runs["rl"]], base=synthetic_runs["base"], metrics=metrics,
+    df = analyze([synthetic_runs["opd"], synthetic_runs["rl"]], base=synthetic_runs["base"], metrics=METRICS,
                  progress=False, device="cpu")
+    missing = [m for m in METRICS if not any(out.startswith(m) for out in set(df.metric))]
+    assert not missing, f"no rows for {missing}"  # every metric the figures read produced its rows
     return with_sft_and_angles(df)
-
-
-@pytest.fixture(scope="session")
-def studies():
-    return study_frame()

@@ -26,6 +26,7 @@ def _scalars(logdir) -> dict[str, dict[int, float]]:
     return out
 
 
+@pytest.mark.slow
 def test_geometry_in_a_real_trainer_matches_analyze_of_the_saved_checkpoint(tmp_path, monkeypatch):
     from transformers import Trainer, TrainingArguments
 
@@ -56,6 +57,7 @@ def test_geometry_in_a_real_trainer_matches_analyze_of_the_saved_checkpoint(tmp_
     assert all(0 < e["geometry/cost_s"] for e in cb.history)
 
 
+@pytest.mark.slow
 def test_both_callbacks_in_trl_on_policy_distillation(tmp_path, monkeypatch):
     """TRL's GKDTrainer with lmbda=1 (student rollouts) and beta=1 (reverse KL): on-policy distillation."""
     monkeypatch.setenv("TRL_EXPERIMENTAL_SILENCE", "1")

@@ -6,7 +6,6 @@ import sys
 
 import pytest
 import torch
-from chat_fixtures import gkd_runs
 
 from opd_dynamics.evaluators import EvalContext, EvalSpec, TaskSpec
 from opd_dynamics.interventions import InterventionEngine, study_frame
@@ -16,8 +15,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def runs():
-    return gkd_runs()
+def runs(gkd_runs):
+    return gkd_runs
 
 
 def scores(df, metric):

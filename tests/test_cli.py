@@ -74,3 +74,17 @@ def test_user_errors_are_one_line_without_traceback(case, synthetic_runs, tmp_pa
     assert expect in lines[0]
     assert "Traceback" not in r.stderr
     assert not out.exists()
+
+
+def test_comma_lists_are_parsed_one_way():
+    from opd_dynamics.errors import OPDError
+    from opd_dynamics_cli.lists import comma_list
+
+    assert comma_list(" 1, 2,,8 ", "--steps", int) == [1, 2, 8]
+    assert comma_list("0,0.5", "--alphas", float) == [0.0, 0.5]
+    assert comma_list("mlp,attn", "--families") == ["mlp", "attn"]
+    assert comma_list(None, "--steps", int) is None and comma_list("", "--steps", int) is None
+    with pytest.raises(OPDError, match=r"--steps '1,x': expected comma-separated integers"):
+        comma_list("1,x", "--steps", int)
+    with pytest.raises(OPDError, match=r"--centres '1.5': expected comma-separated integers"):
+        comma_list("1.5", "--centres", int)  # no longer truncated to 1 through a float

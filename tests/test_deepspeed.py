@@ -24,6 +24,7 @@ from opd_dynamics.io.formats.deepspeed_pickle import safe_load
 
 if importlib.util.find_spec("deepspeed") is None:  # not imported here: it is slow and the reader never needs it
     pytest.skip("the 'test' extra installs deepspeed", allow_module_level=True)
+pytestmark = pytest.mark.slow  # a two-rank DeepSpeed writer trains and saves ZeRO checkpoints
 
 HERE = Path(__file__).parent
 #: run -> tag directory pattern (ds_writer.RUNS: OpenRLHF `_actor/global_stepN/` or HF Trainer `checkpoint-N/...`)

@@ -1,19 +1,33 @@
-"""The README's main job, end to end on the tiny preset: train, analyse, print, report; a second call reuses the runs."""
+"""The README's main job, end to end on the tiny preset: analyse, print, report; a second call reuses the runs.
+
+The runs themselves are the session's ``tiny_runs`` (tests/lab/test_reference.py checks how they are trained):
+the demo finds them under ``out/lab`` and reuses them, as it does on a user's second call.
+"""
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import time
 
+import pandas as pd
+import pytest
+
 from opd_dynamics.table import load, load_manifest
 
+pytestmark = pytest.mark.slow
 
-def test_demo_command_end_to_end(tmp_path):
+
+def test_demo_command_end_to_end(tmp_path, tiny_runs):
     out = tmp_path / "demo"
+    shutil.copytree(tiny_runs.out_dir, out / "lab")
+    stamp = (out / "lab" / "teacher" / "model.safetensors").stat().st_mtime_ns
     cmd = [sys.executable, "-m", "opd_dynamics_cli.app", "demo", str(out), "--preset", "tiny", "-q"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
+    assert (out / "lab" / "teacher" / "model.safetensors").stat().st_mtime_ns == stamp  # reused, not retrained
     assert "EffOPD Table 1" in r.stdout and "teacher" in r.stdout
+    assert f"teacher {tiny_runs.accuracy['teacher']:.3f}" in r.stdout
     assert "Writing model shards" not in r.stderr
     df = load(out / "results")
     assert set(df.run) == {"opd", "rl", "sft"}
@@ -23,15 +37,13 @@ def test_demo_command_end_to_end(tmp_path):
     t0 = time.perf_counter()
     again = subprocess.run(cmd + ["--no-report"], capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and time.perf_counter() - t0 < 120
+    table = lambda text: text.split("\nresults: ")[0]  # noqa: E731  (then paths and wall seconds)
+    assert table(again.stdout) == table(r.stdout) and "EffOPD Table 1" in table(r.stdout)  # same runs, same table
 
 
-def test_effopd_replay_command_on_the_tiny_reference_run(tmp_path):
-    from opd_dynamics.lab import build_reference_runs
-    import pandas as pd
-
-    refs = build_reference_runs(tmp_path / "lab", preset="tiny", progress=False)
+def test_effopd_replay_command_on_the_tiny_reference_run(tmp_path, tiny_runs):
     out = tmp_path / "effopd"
-    cmd = [sys.executable, "-m", "opd_dynamics_cli.app", "effopd", "replay", str(refs.runs["opd"]), "-q",
+    cmd = [sys.executable, "-m", "opd_dynamics_cli.app", "effopd", "replay", str(tiny_runs.runs["opd"]), "-q",
            "-e", "loglik:split=train,limit=8", "-o", str(out)]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr

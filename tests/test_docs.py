@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow  # builds the whole site with mkdocstrings
 
 pytest.importorskip("mkdocs", reason='pip install -e ".[docs]"')
 pytest.importorskip("mkdocstrings", reason='pip install -e ".[docs]"')

@@ -23,6 +23,50 @@ def _distance_score(target):
     return score
 
 
+def _away_from(model):
+    """A planted score: distance of the body weights from where they are now (W₀). Any straight line out of W₀ gains
+    with every step, so the first search must go as far as allowed (k = 5)."""
+    start = {n: p.detach().clone() for n, p in _body(model).items()}
+
+    def score(m):
+        return sum(float(((p.detach() - start[n]) ** 2).sum()) for n, p in _body(m).items()) ** 0.5
+    return score
+
+
+def _snapshots():
+    """Two callbacks recording the body weights at on_train_begin and every on_step_end; placed before and after
+    EffOPDCallback they see each step's weights before and after its search."""
+    from transformers import TrainerCallback
+
+    class Snap(TrainerCallback):
+        def __init__(self):
+            self.at = {}
+
+        def on_train_begin(self, args, state, control, model=None, **kw):
+            self.at[0] = {n: p.detach().clone() for n, p in _body(model).items()}
+
+        def on_step_end(self, args, state, control, model=None, **kw):
+            self.at[state.global_step] = {n: p.detach().clone() for n, p in _body(model).items()}
+    return Snap(), Snap()
+
+
+def _check_trainer_searches(log_history, before, after, steps):
+    """Each logged search left the model at W_t + 2k·Δ (Δ from the previous search's accepted weights, EffOPD §4),
+    the first one extrapolated all the way, and training continued from the extrapolated weights."""
+    searches = [e for e in log_history if "effopd_accepted_k" in e]
+    assert [e["step"] for e in searches] == steps
+    assert searches[0]["effopd_accepted_k"] == 5 and searches[0]["effopd_multiplier"] == 10
+    for e in searches:
+        t, k = e["step"], e["effopd_accepted_k"]
+        assert e["effopd_evaluations"] == min(k + 2, 6)  # W_t, the accepted candidates, the first refused one
+        assert e["effopd_best"] == pytest.approx(max(e["effopd_scores"][:k + 1]), abs=1e-6)
+        anchor = after.at[t // 2] if t > 1 else before.at[0]
+        for n, w in before.at[t].items():
+            torch.testing.assert_close(after.at[t][n], w + 2 * k * (w - anchor[n]), rtol=1e-5, atol=1e-6)
+    dist = lambda a, b: sum(float((a[n] - b[n]).norm() ** 2) for n in a) ** 0.5  # noqa: E731
+    assert dist(before.at[2], after.at[1]) < 0.5 * dist(before.at[2], before.at[1])
+
+
 def test_only_attention_and_mlp_matrices_are_extrapolated():
     names = extrapolated_names(dict(tiny_llama().named_parameters()))
     assert names and all(("self_attn" in n or "mlp" in n) and n.endswith(".weight") for n in names)
@@ -111,6 +155,7 @@ def test_online_hook_in_the_reference_loop_moves_the_anchor():
     assert all(r.scores[0] <= r.best for r in hook.history)
 
 
+@pytest.mark.slow
 def test_callback_inside_a_real_transformers_trainer(tmp_path):
     from transformers import Trainer, TrainingArguments
 
@@ -119,23 +164,17 @@ def test_callback_inside_a_real_transformers_trainer(tmp_path):
     model = tiny_llama(seed=4)
     g = torch.Generator().manual_seed(0)
     data = [{"input_ids": (ids := torch.randint(0, 64, (12,), generator=g)), "labels": ids.clone()} for _ in range(16)]
-    probe = torch.stack([d["input_ids"] for d in data[:4]])
-
-    def score(m):
-        with torch.no_grad():
-            return -float(m(input_ids=probe, labels=probe).loss)
-
-    cb = EffOPDCallback(score)
+    first, last = _snapshots()
     args = TrainingArguments(output_dir=str(tmp_path), max_steps=4, per_device_train_batch_size=4, learning_rate=1e-2,
                              save_steps=4, logging_steps=1, report_to=[], use_cpu=True, save_strategy="steps",
                              disable_tqdm=True, seed=0)
-    Trainer(model=model, args=args, train_dataset=data, callbacks=[cb]).train()
+    Trainer(model=model, args=args, train_dataset=data,
+            callbacks=[first, EffOPDCallback(_away_from(model)), last]).train()
     state = json.loads((tmp_path / "checkpoint-4" / "trainer_state.json").read_text())
-    searches = [e for e in state["log_history"] if "effopd_accepted_k" in e]
-    assert [e["step"] for e in searches] == [1, 2, 4]
-    assert all(1 <= e["effopd_evaluations"] - 1 <= 5 for e in searches)
+    _check_trainer_searches(state["log_history"], first, last, [1, 2, 4])
 
 
+@pytest.mark.slow
 def test_callback_inside_trl_on_policy_distillation(tmp_path, monkeypatch):
     """TRL's GKDTrainer with lmbda=1 (student rollouts only) and beta=1 (reverse KL) is on-policy distillation."""
     monkeypatch.setenv("TRL_EXPERIMENTAL_SILENCE", "1")
@@ -158,19 +197,13 @@ def test_callback_inside_trl_on_policy_distillation(tmp_path, monkeypatch):
 
     rows = [{"messages": [{"role": "user", "content": f"{a}+{b}="}, {"role": "assistant", "content": str(a + b)}]}
             for a in range(4) for b in range(4)]
-    probe = tok(["1+2=3", "2+2=4"], return_tensors="pt", padding=True)
 
-    def score(m):
-        with torch.no_grad():
-            return -float(m(**probe, labels=probe["input_ids"]).loss)
-
+    student = llama(16, 0)
+    first, last = _snapshots()
     args = GKDConfig(output_dir=str(tmp_path), max_steps=4, per_device_train_batch_size=4, lmbda=1.0, beta=1.0,
                      max_new_tokens=4, save_steps=4, logging_steps=1, report_to=[], use_cpu=True, disable_tqdm=True,
                      learning_rate=1e-2, max_length=32, seed=0)
-    GKDTrainer(model=llama(16, 0), teacher_model=llama(32, 1), args=args, train_dataset=Dataset.from_list(rows),
-               processing_class=tok, callbacks=[EffOPDCallback(score)]).train()
+    GKDTrainer(model=student, teacher_model=llama(32, 1), args=args, train_dataset=Dataset.from_list(rows),
+               processing_class=tok, callbacks=[first, EffOPDCallback(_away_from(student)), last]).train()
     state = json.loads((tmp_path / "checkpoint-4" / "trainer_state.json").read_text())
-    searches = [e for e in state["log_history"] if "effopd_accepted_k" in e]
-    assert [e["step"] for e in searches] == [1, 2, 4]
-    for e in searches:
-        assert e["effopd_scores"][0] <= e["effopd_best"] + 1e-9 and 0 <= e["effopd_accepted_k"] <= 5
+    _check_trainer_searches(state["log_history"], first, last, [1, 2, 4])

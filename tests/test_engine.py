@@ -1,7 +1,6 @@
 """The module-major engine: same numbers whatever the layout, each tensor read once, clear errors."""
 from __future__ import annotations
 
-import json
 import shutil
 
 import numpy as np
@@ -15,7 +14,6 @@ from opd_dynamics.engine import run_metrics
 from opd_dynamics.errors import CheckpointError, OPDError
 from opd_dynamics.metrics.registry import DEFAULT_METRICS, Spec
 from opd_dynamics.table import COLUMNS, load, load_manifest
-from shards import reshard
 
 
 def _copy_run(src, dst):
@@ -23,12 +21,9 @@ def _copy_run(src, dst):
     return dst
 
 
-def test_sharded_and_unsharded_copies_give_identical_tables(synthetic_runs, tmp_path):
-    sharded = tmp_path / "opd"
-    for ck in sorted(synthetic_runs["opd"].iterdir()):
-        reshard(ck, sharded / ck.name, n_shards=3, stray=True)
+def test_sharded_and_unsharded_copies_give_identical_tables(synthetic_runs, sharded_opd):
     a = analyze([synthetic_runs["opd"]], base=synthetic_runs["base"], progress=False)
-    b = analyze([sharded], base=synthetic_runs["base"], progress=False)
+    b = analyze([sharded_opd], base=synthetic_runs["base"], names=["opd"], progress=False)
     pd.testing.assert_frame_equal(a, b)
 
 
@@ -170,11 +165,16 @@ def test_bf16_base_with_fp32_checkpoints(tmp_path):
     bf = make_synthetic_runs(tmp_path / "b", steps=(1,), layers=1, hidden=16, kinds=(), dtype="bfloat16")
     df = analyze([p["opd"]], base=bf["base"], metrics=["frobenius"], progress=False)
     name = "model.layers.0.mlp.up_proj.weight"
-    w0 = load_file(bf["base"] / "model.safetensors")[name].double()
-    w1 = load_file(p["opd"] / "checkpoint-1" / "model.safetensors")[name].double()
+    raw0 = load_file(bf["base"] / "model.safetensors")[name]
+    raw1 = load_file(p["opd"] / "checkpoint-1" / "model.safetensors")[name]
+    assert (raw0.dtype, raw1.dtype) == (torch.bfloat16, torch.float32)  # the mixed case this test is about
+    w0, w1 = raw0.double(), raw1.double()
     got = df[(df.module == name) & (df.step == 1)].value.iloc[0]
-    assert got == pytest.approx(float((w1 - w0).norm()), rel=1e-6)
-    assert json.loads((bf["base"] / "config.json").read_text())
+    assert got == pytest.approx(float((w1 - w0).norm()), rel=1e-6)  # both upcast, then subtracted
+    # neither rounded to the other's dtype: either would move ‖ΔW‖_F by ~1e-3 relative here
+    assert got != pytest.approx(float((raw1.bfloat16().double() - w0).norm()), rel=1e-5)
+    assert got != pytest.approx(float((w1 - load_file(p["base"] / "model.safetensors")[name].double()).norm()),
+                                rel=1e-5)  # and the bf16 base was the one used, not run a's own fp32 W₀
 
 
 def test_big_tensors_are_read_on_demand_with_identical_results(synthetic_runs, monkeypatch):

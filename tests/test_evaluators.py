@@ -5,7 +5,6 @@ import json
 
 import pytest
 import torch
-from intervention_fixtures import tiny_llama_runs
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
 from opd_dynamics.errors import OPDError, SelectionError
@@ -16,8 +15,8 @@ PROMPTS = ["1+2=", "10+20=", "7+5=", "123+4=", "0+0=", "55+66="]
 
 
 @pytest.fixture(scope="module")
-def setup():
-    paths = tiny_llama_runs()
+def setup(tiny_llama_runs):
+    paths = tiny_llama_runs
     load = lambda p: AutoModelForCausalLM.from_pretrained(str(p), dtype=torch.float32, attn_implementation="eager").eval()
     return paths, load(paths["base"]), load(paths["teacher"]), PreTrainedTokenizerFast.from_pretrained(str(paths["base"]))
 

@@ -18,30 +18,20 @@ from opd_dynamics.executors import ExecutorSpec, blas_threads, cpu_budget, defau
 from opd_dynamics.engine import Job
 from opd_dynamics.io.discovery import Run
 from opd_dynamics.metrics.registry import Spec
-from intervention_fixtures import tiny_gpt2_runs
-from shards import reshard
 
 METRICS = ["frobenius", "spectral_norm", "effective_rank", "stable_rank", "alignment_to_final:k=4",
            "subspace_locking", "rank1_pca_evr"]
 
 
 @pytest.fixture(scope="module")
-def sharded_run(synthetic_runs, tmp_path_factory):
-    """The opd trajectory re-saved as 3 shards + index per checkpoint (with a stale single file to ignore)."""
-    out = tmp_path_factory.mktemp("sharded") / "opd_sharded"
-    for ck in sorted(synthetic_runs["opd"].iterdir()):
-        reshard(ck, out / ck.name, n_shards=3, stray=True)
-    return out
+def inputs(synthetic_runs, sharded_opd, tiny_gpt2_runs):
+    """Four runs (two synthetic, the sharded copy, a GPT-2 with fused qkv) and their bases."""
+    paths = [synthetic_runs["opd"], synthetic_runs["rl"], sharded_opd, tiny_gpt2_runs["run"]]
+    return paths, [synthetic_runs["base"]] * 3 + [tiny_gpt2_runs["base"]]
 
 
-def _inputs(synthetic_runs, sharded_run):
-    gpt2 = tiny_gpt2_runs()
-    paths = [synthetic_runs["opd"], synthetic_runs["rl"], sharded_run, gpt2["run"]]
-    return paths, [synthetic_runs["base"]] * 3 + [gpt2["base"]]
-
-
-def test_processes_give_the_local_table_row_for_row(synthetic_runs, sharded_run):
-    paths, bases = _inputs(synthetic_runs, sharded_run)
+def test_processes_give_the_local_table_row_for_row(inputs):
+    paths, bases = inputs
     kw = dict(base=bases, metrics=METRICS, progress=False)
     local = analyze(paths, **kw)
     procs = analyze(paths, executor="processes:2", **kw)
@@ -50,10 +40,10 @@ def test_processes_give_the_local_table_row_for_row(synthetic_runs, sharded_run)
 
 
 @pytest.mark.parametrize("against", ["base", "prev", 2])
-def test_any_concurrent_futures_executor_gives_the_local_table(synthetic_runs, sharded_run, against):
+def test_any_concurrent_futures_executor_gives_the_local_table(inputs, against):
     """The one interface: a caller's own Executor (here threads; Dask's get_executor() alike) runs the same tasks
     (pickled and unpickled first, as a process boundary would)."""
-    paths, bases = _inputs(synthetic_runs, sharded_run)
+    paths, bases = inputs
     kw = dict(base=bases, metrics=METRICS, against=against, progress=False)
     local = analyze(paths, **kw)
 

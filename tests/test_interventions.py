@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from intervention_fixtures import tiny_gpt2_runs, tiny_llama_runs, tiny_task
+from intervention_fixtures import tiny_task
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
@@ -19,8 +19,8 @@ REVERT = Plan("t", "revert", rules=(Rule((), EditSpec("revert")),))
 
 
 @pytest.fixture(scope="module")
-def engine():
-    paths = tiny_llama_runs()
+def engine(tiny_llama_runs):
+    paths = tiny_llama_runs
     eng = InterventionEngine(paths["base"], cache_mb=0)
     return eng, eng.open_run(paths["run"], name="opd"), paths
 
@@ -120,8 +120,8 @@ def test_clear_errors(engine):
             pass
 
 
-def test_gpt2_fused_qkv_edits_only_its_slice():
-    paths = tiny_gpt2_runs()
+def test_gpt2_fused_qkv_edits_only_its_slice(tiny_gpt2_runs):
+    paths = tiny_gpt2_runs
     eng = InterventionEngine(paths["base"])
     run = eng.open_run(paths["run"])
     base = snapshot(eng.model)
@@ -157,7 +157,7 @@ def test_studies_write_replayable_results(engine, tmp_path):
         sliding_window(paths["run"], centres=[7], **common)
 
 
-def test_cli_commands(tmp_path):
+def test_cli_commands(tmp_path, tiny_llama_runs):
     import typer
     from typer.testing import CliRunner
 
@@ -166,7 +166,7 @@ def test_cli_commands(tmp_path):
     app = typer.Typer()
     app.add_typer(cli.app, name="interventions")
     app.command("replay")(cli.replay_cmd)
-    paths = tiny_llama_runs()
+    paths = tiny_llama_runs
     args = ["interventions", "norm-scaling", str(paths["run"]), "--base", str(paths["base"]), "--task", "lab:tiny",
             "-e", "loglik:limit=2", "--alphas", "0,1", "-o", str(tmp_path / "ns"), "--figure", str(tmp_path / "ns.png")]
     res = CliRunner().invoke(app, args)

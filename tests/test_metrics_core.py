@@ -1,4 +1,4 @@
-"""Core update-geometry metrics (SPEC §2–3) against float64 numpy oracles and planted structures."""
+"""Core update-geometry metrics (EffOPD arXiv 2605.11739 App. B, Table 1, Fig. 4b; Geometry of OPD arXiv 2606.07082 App. E) against float64 numpy oracles and planted structures."""
 from __future__ import annotations
 
 import math
@@ -158,11 +158,31 @@ def test_subspace_locking_and_rank1_pca():
     w0, steps, _ = _steps_keeping_direction()
     lock = trajectory("subspace_locking", w0, steps)
     assert all(v == pytest.approx(1.0, abs=1e-4) for v in lock.values())
-    evr = trajectory("rank1_pca_evr", w0, steps)
+    # u₁ that moves less than the Gram path's vector accuracy (~1e-7) has no direction of motion: EVR is reported NaN
+    # rather than the PCA of rounding noise. Planted on W₀ = 0 with power-of-two step scales (every float32 ΔW_t is
+    # exactly (t/8)·ΔW_8) and one entry of ΔW_1 nudged by one float32 ulp, which moves u₁ by ~1e-9, not zero. (With a
+    # random W₀ the float32 checkpoints themselves move u₁ by ~1e-6: real, measurable motion.)
+    _, _, base = _steps_keeping_direction()
+    steps = {s: ((s / 8) * base).astype(np.float32) for s in (1, 2, 4, 8)}
+    steps[1][0, 0] = np.nextafter(steps[1][0, 0], np.float32(np.inf))
+    evr = trajectory("rank1_pca_evr", np.zeros_like(steps[1]), steps)
     (last, vals), = evr.items()
     assert last == 8
-    # a fixed u₁ has a zero-variance trajectory: EVR is undefined, reported NaN rather than a made-up split
-    assert math.isnan(vals["rank1_pca_evr1"]) or vals["rank1_pca_evr1"] <= 1.0
+    assert math.isnan(vals["rank1_pca_evr1"]) and math.isnan(vals["rank1_pca_evr2"])
+
+
+def test_rank1_pca_evr_of_three_steps_spans_one_plane():
+    """Planted: three u₁ positions, centred, lie in a plane, so EVR1 + EVR2 = 1 exactly; one point far from the other
+    two puts most of the variance on the first component."""
+    rng = np.random.default_rng(11)
+    m, n = 24, 18
+    q = np.linalg.qr(rng.standard_normal((m, 3)))[0]
+    v = np.linalg.qr(rng.standard_normal((n, 1)))[0][:, 0]
+    us = [q[:, 0], (q[:, 0] + 0.05 * q[:, 1]) / np.linalg.norm(q[:, 0] + 0.05 * q[:, 1]), q[:, 2]]
+    steps = {s + 1: (2 * np.outer(us[s], v)).astype(np.float32) for s in range(3)}
+    got = trajectory("rank1_pca_evr", np.zeros((m, n), np.float32), steps)[3]
+    assert got["rank1_pca_evr1"] + got["rank1_pca_evr2"] == pytest.approx(1.0, abs=1e-9)
+    assert 0.9 < got["rank1_pca_evr1"] < 1.0
 
 
 def test_rank1_pca_evr_matches_numpy_on_a_drifting_trajectory():

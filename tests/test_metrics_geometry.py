@@ -1,5 +1,6 @@
-"""SPEC §4 metrics (sparsity, principal angles, NSS, mask overlaps) against float64 numpy/scipy oracles and planted
-structures, and every metric through the engine in the step-to-step views."""
+"""Where-the-update-lands metrics (sparsity, principal angles, NSS, mask overlaps; Path Not Taken arXiv 2511.08567,
+Geometry of OPD arXiv 2606.07082 App. C.3) against float64 numpy/scipy oracles and planted structures, and every
+metric through the engine in the step-to-step views."""
 from __future__ import annotations
 
 import math

@@ -30,6 +30,7 @@ def test_committed_without_outputs(name):
             assert cell.outputs == [] and cell.execution_count is None, f"{name}: strip outputs"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_notebook_executes(name, tmp_path, monkeypatch):
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")

@@ -1,15 +1,11 @@
 """Every figure renders from a small table, with the axes, labels and legend entries a reader needs."""
 from __future__ import annotations
 
+import matplotlib.pyplot as plt  # a core dependency: its absence is a failure, not a skip
 import pytest
 
-pytest.importorskip("matplotlib")
-
-import matplotlib.pyplot as plt  # noqa: E402
-
-import opd_dynamics.plots as P  # noqa: E402
-from opd_dynamics.errors import OPDError  # noqa: E402
-from plot_data import long_table, studies  # noqa: E402,F401,F811  (fixtures)
+import opd_dynamics.plots as P
+from opd_dynamics.errors import OPDError
 
 RUNS = ["opd", "rl", "sft"]
 
@@ -56,7 +52,7 @@ def test_runs_keep_their_colour_across_figures(long_table):
     bar_colors = [p.get_facecolor()[:3] for p in a.axes[0].patches]
     import matplotlib.colors as mc
 
-    line_colors = {ln.get_label(): mc.to_rgb(ln.get_color()) for ln in b.axes[0].lines}
+    line_colors = {ln.get_label(): mc.to_rgb(ln.get_color()) for ln in b.axes[0].lines if ln.get_linestyle() != "--"}
     assert bar_colors == [mc.to_rgb(colors[r]) for r in ("sft", "opd", "rl")]
     assert line_colors == {r: mc.to_rgb(c) for r, c in colors.items()}
     assert colors["opd"] == "#0072B2" and colors["rl"] == "#D55E00" and colors["sft"] == "#009E73"
@@ -80,7 +76,27 @@ def test_alignment_curves_are_percentages(long_table):
     assert axes[0].get_ylim() == (0, 105)
     final = [ln.get_ydata()[-1] for ln in axes[0].lines]
     assert final[:2] == pytest.approx([100, 100])  # ΔW_T is aligned with itself
-    assert legend_texts(fig) == RUNS
+    assert legend_texts(fig) == RUNS + ["chance level (k/d)"]
+
+
+def test_alignment_curves_draw_the_chance_rows(long_table):
+    """One grey dashed line at the mean chance level k/d when every run shares it; one per run when they differ."""
+    from opd_dynamics.table import BODY_KINDS
+
+    same = long_table[long_table.run != "sft"]  # opd and rl: one architecture, one chance level
+    body = same[same.kind.isin(BODY_KINDS)]
+    for ax, metric in zip(visible_axes(P.alignment_curves(same)), ("alignment_to_final", "subspace_locking")):
+        dashed = [ln for ln in ax.lines if ln.get_linestyle() == "--"]
+        want = 100 * body[body.metric == f"{metric}_chance"].value.mean()
+        assert len(dashed) == 1 and dashed[0].get_ydata() == pytest.approx(want, rel=1e-9)
+        assert 0 < want < 100
+    differ = same.copy()
+    differ.loc[(differ.metric == "alignment_to_final_chance") & (differ.run == "rl"), "value"] = 0.5
+    ax = visible_axes(P.alignment_curves(differ, ["alignment_to_final"]))[0]
+    dashed = [ln for ln in ax.lines if ln.get_linestyle() == "--"]
+    assert len(dashed) == 2 and dashed[1].get_ydata() == pytest.approx(50.0)
+    no_chance = same[~same.metric.str.endswith("_chance")]
+    assert not [ln for ax in P.alignment_curves(no_chance).axes for ln in ax.lines if ln.get_linestyle() == "--"]
 
 
 def test_layer_step_heatmap(long_table):
@@ -133,8 +149,6 @@ def test_principal_angles_by_kind(long_table, side):
 
 
 def test_sparsity_by_kind(long_table):
-    if "sparsity_bf16" not in set(long_table["metric"]):
-        pytest.skip("sparsity_bf16 is not registered in this checkout")
     fig = P.sparsity_by_kind(long_table)
     ax = visible_axes(fig)[0]
     assert ax.get_ylim() == (0, 100) and ax.get_ylabel() == "entries unchanged in bf16 (%)"

@@ -238,16 +238,15 @@ def test_analyze_with_the_authors_preset_fills_unset_settings_and_records_the_pr
 
 # --- spectral partition ------------------------------------------------------------------------------------------
 
-def test_spectral_partition_authors_keeps_rank_one_rescaled_and_the_rest_at_w0():
+def test_spectral_partition_authors_keeps_rank_one_rescaled_and_the_rest_at_w0(tiny_llama_runs):
     """Paper default: percent grid, modules outside attention/MLP at W_T. Authors: each body ΔW_T → its rank-1 part
     rescaled to ‖ΔW_T‖_F, everything else (norms, embeddings) at W₀."""
-    from intervention_fixtures import tiny_llama_runs
     from safetensors.torch import load_file
 
     from opd_dynamics.interventions import InterventionEngine
     from opd_dynamics.studies.spectral_partition import plans
 
-    paths = tiny_llama_runs()
+    paths = tiny_llama_runs
     eng = InterventionEngine(paths["base"], cache_mb=0)
     run = eng.open_run(paths["run"], name="opd")
     w0 = {k: v.double() for k, v in load_file(str(paths["base"] / "model.safetensors")).items()}

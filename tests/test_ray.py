@@ -27,7 +27,6 @@ ray = pytest.importorskip("ray")
 from opd_dynamics import analyze  # noqa: E402
 from opd_dynamics.errors import OPDError  # noqa: E402
 from opd_dynamics.synthetic import make_synthetic_runs  # noqa: E402
-from shards import reshard  # noqa: E402
 
 pytestmark = pytest.mark.slow
 METRICS = ["frobenius", "spectral_norm", "effective_rank", "alignment_to_final:k=4", "subspace_locking"]
@@ -111,15 +110,9 @@ def cluster(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def inputs(synthetic_runs, tmp_path_factory):
-    from intervention_fixtures import tiny_gpt2_runs
-
-    sharded = tmp_path_factory.mktemp("ray_sharded") / "opd_sharded"
-    for ck in sorted(synthetic_runs["opd"].iterdir()):
-        reshard(ck, sharded / ck.name, n_shards=3, stray=True)
-    gpt2 = tiny_gpt2_runs()
-    return ([synthetic_runs["opd"], synthetic_runs["rl"], sharded, gpt2["run"]],
-            [synthetic_runs["base"]] * 3 + [gpt2["base"]])
+def inputs(synthetic_runs, sharded_opd, tiny_gpt2_runs):
+    return ([synthetic_runs["opd"], synthetic_runs["rl"], sharded_opd, tiny_gpt2_runs["run"]],
+            [synthetic_runs["base"]] * 3 + [tiny_gpt2_runs["base"]])
 
 
 def _connected(cluster):

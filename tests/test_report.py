@@ -12,7 +12,6 @@ import pytest
 from opd_dynamics.errors import OPDError
 from opd_dynamics.report import build_report, load_inputs, to_latex
 from opd_dynamics.table import save
-from plot_data import long_table, studies  # noqa: F401,F811  (fixtures)
 
 
 @pytest.fixture(scope="module")
@@ -159,6 +158,7 @@ def _distinct_colours(png) -> int:
     return len({tuple(p) for p in flat[:: 7]})
 
 
+@pytest.mark.slow
 def test_headless_browser_screenshot(report, tmp_path):
     """The report renders in a real browser: the screenshot is full of figure colours, not a blank page."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")

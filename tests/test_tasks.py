@@ -147,10 +147,8 @@ def test_stop_strings_end_generation():
     assert torch.equal(cut.sequences[:, :cut.prompt_len], free.sequences[:, :free.prompt_len])
 
 
-def test_a_row_without_the_mapped_columns_is_a_one_line_cli_error(tmp_path):
-    from intervention_fixtures import tiny_llama_runs
-
-    paths = tiny_llama_runs()
+def test_a_row_without_the_mapped_columns_is_a_one_line_cli_error(tmp_path, tiny_llama_runs):
+    paths = tiny_llama_runs
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"question": "1+1=", "answer": "2"}, {"question": "2+2="}])
     out = tmp_path / "out"
     r = subprocess.run([sys.executable, "-m", "opd_dynamics_cli.app", "interventions", "norm-scaling", paths["run"],

@@ -1,4 +1,4 @@
-"""The EffOPD extrapolation search (EffOPD §4; SPEC §6) — the one implementation replay and online share.
+"""The EffOPD extrapolation search (EffOPD, arXiv 2605.11739 §4; docs/effopd.md) — the one implementation replay and online share.
 
 At a power-of-two step t = 2ⁿ, with Δ_n = W_{2ⁿ} − W_{2ⁿ⁻¹} (the reference being the weights *after* the
 previous extrapolation, as in the authors' code), try W̃_k = W_{2ⁿ} + 2k·Δ_n for k = 1 … 5 in order; accept a

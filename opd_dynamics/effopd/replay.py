@@ -37,6 +37,7 @@ class ReplayReport:
     summary: pd.DataFrame       # step, accepted_k, best_score, plain_score, matched_step, steps_saved, speedup
     plain: pd.DataFrame         # step, score of every saved plain checkpoint
     notes: list[str] = field(default_factory=lambda: [CAVEAT])
+    table: pd.DataFrame | None = None  # the long table, filled by :func:`~opd_dynamics.effopd.study.replay_run`
 
     def format(self) -> str:
         lines = [self.summary.to_string(index=False), ""]

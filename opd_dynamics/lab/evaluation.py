@@ -3,7 +3,7 @@
 ``Evaluator(model)`` returns a dict merged into the training log:
 
 - ``eval_accuracy``: share of ``examples`` whose greedy generation the task's verifier accepts;
-- with a ``teacher``: the SPEC §7 diagnostics (:mod:`.diagnostics`) on student rollouts — one
+- with a ``teacher``: the Rethinking-OPD (arXiv 2604.13016) token diagnostics (:mod:`.diagnostics`) on student rollouts — one
   sampled response (temperature 1) to each of the first ``diagnostic_prompts`` examples, scored by
   both models at the student-visited prefixes.
 

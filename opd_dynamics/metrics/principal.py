@@ -4,7 +4,7 @@ These compare the *weights* W₀ and W_t (not ΔW's spectrum), so they are defin
 engine's ``against`` is (``view.base_raw``); ``reference="ref"`` measures against the engine's W_ref instead
 (e.g. W_{t'} with ``against=prev``).
 
-Decompositions (SPEC §4: float64, on the CPU, because W₀ and W_t are nearly identical):
+Decompositions (Geometry of OPD arXiv 2606.07082 App. C.3; float64, on the CPU, because W₀ and W_t are nearly identical):
 
 - W₀: one thin SVD per module for the whole run (``view.cached``), shared by ``principal_angles``,
   ``spectral_shift`` and the rank-k reconstruction behind ``principal_mask_overlap``.

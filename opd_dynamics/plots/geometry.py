@@ -1,4 +1,4 @@
-"""Where the update lands relative to W₀ (SPEC §4): principal angles and bf16 sparsity, by kind and run.
+"""Where the update lands relative to W₀ (Path Not Taken arXiv 2511.08567; Geometry of OPD arXiv 2606.07082 App. C.3): principal angles and bf16 sparsity, by kind and run.
 
 Input: the long table at each run's final step. Principal angles are read from the ``principal_angles``
 metric's outputs ``principal_angle_<side>_<stat>`` (side ``left``/``right``, stat ``max``/``mean``, degrees;
@@ -78,7 +78,7 @@ def principal_angles_by_kind(df: pd.DataFrame, *, side: str = "left", floor: flo
 def sparsity_by_kind(df: pd.DataFrame, *, colors: Mapping[str, str] | None = None):
     """Share of entries unchanged at bf16 resolution at the final step, by kind and run (PNT; Geometry of OPD).
 
-    ``all`` is weighted by parameter count (``sparsity_bf16_numel``) as SPEC §4 asks; per-kind bars too.
+    ``all`` is weighted by parameter count (``sparsity_bf16_numel``) as Geometry of OPD (arXiv 2606.07082 App. C.3) reports it; per-kind bars too.
     The checkpoint dtype goes in the title: an fp32 checkpoint gives very different figures.
     """
     require(df, ["sparsity_bf16"], "sparsity_by_kind")

@@ -1,4 +1,4 @@
-"""Intervention and EffOPD figures (SPEC §5–6), drawn from a study frame (see :mod:`.frames`).
+"""Intervention and EffOPD figures (EffOPD arXiv 2605.11739 Figs. 1a–4c and §4; docs/interventions.md, docs/effopd.md), drawn from a study frame (see :mod:`.frames`).
 
 Colour always says which run; line style and marker say which variant; dashed grey lines are references.
 """
@@ -21,7 +21,7 @@ from ..frames import METRIC, REFERENCE_PREFIX, RUN, STUDY, UPDATE_NORM, VALUE, V
 _VARIANT_NAMES = {"mlp": "MLP window", "attn": "attention window"}
 _X_LABELS = {"sliding_window": "window centre layer (0-based)",
              "norm_scaling": r"scale $\alpha$ in $W_0 + \alpha\,\Delta W_T$",
-             "spectral_partition": "singular components kept (% of rank; top_rank_rescaled: number)",
+             "spectral_partition": "singular components kept (%)",
              "early_rescale": r"rescale strength $\beta$",
              "effopd": "training step"}
 _TITLES = {"sliding_window": "Sliding-window restore of the update",
@@ -114,8 +114,12 @@ def norm_scaling(frame: pd.DataFrame, *, colors: Mapping[str, str] | None = None
 
 
 def spectral_partition(frame: pd.DataFrame, *, colors: Mapping[str, str] | None = None):
-    """Score when each ΔW keeps only its top-k% / bottom-k% singular components (EffOPD Fig. 3)."""
-    return _line_figure(frame, "spectral_partition", "spectral_partition", colors)
+    """Score when each ΔW keeps only its top-k% / bottom-k% singular components (EffOPD Fig. 3); an absolute rank
+    (variant ``top_rank_rescaled``, the ``authors`` preset) is labelled as a number of components."""
+    variants = set(frame[frame[STUDY] == "spectral_partition"][VARIANT].astype(str))
+    by_rank = variants & {"top_rank_rescaled"} and not variants & {"top", "bottom", "top_rescaled"}
+    return _line_figure(frame, "spectral_partition", "spectral_partition", colors,
+                        xlabel="singular components kept (number)" if by_rank else None)
 
 
 def early_rescale(frame: pd.DataFrame, *, colors: Mapping[str, str] | None = None):

@@ -1,4 +1,4 @@
-"""Intervention studies (SPEC §5): each builds plans, scores them with the engine, returns the long table.
+"""Intervention studies (EffOPD arXiv 2605.11739; docs/interventions.md): each builds plans, scores them with the engine, returns the long table.
 
 Every study takes the run directory (or several) and the same setup keywords (:func:`._common.prepare`):
 ``base`` (W₀; default: ``out/base`` of a lab layout), ``task`` (``"lab:PRESET"``, a JSONL path, a

@@ -7,17 +7,15 @@ edited models.
 """
 from __future__ import annotations
 
-import datetime as _dt
 import math
 import os
-import platform
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Sequence
 
 import pandas as pd
 
+from .. import provenance
 from ..errors import OPDError, read_json
 from ..evaluators import EvalContext, EvalSpec, TaskSpec
 from ..evaluators.tasks import detect
@@ -114,16 +112,6 @@ def references(study: str) -> list[Plan]:
             Plan(study, "reference:final", None, (Rule((), EditSpec("identity")),))]
 
 
-def _versions() -> dict[str, str | None]:
-    out = {"python": platform.python_version()}
-    for pkg in ("opd-dynamics", "torch", "transformers", "safetensors", "pandas"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = None
-    return out
-
-
 def execute(setup: Setup, study: str, plans: dict[str, list[Plan]], *, settings: dict[str, Any] | None = None,
             extra: pd.DataFrame | None = None, out: PathLike | None = None) -> pd.DataFrame:
     """Score ``plans[run.name]`` on each run; append ``extra`` rows (e.g. per-layer ‖ΔW‖_F); write if ``out``."""
@@ -145,20 +133,17 @@ def execute(setup: Setup, study: str, plans: dict[str, list[Plan]], *, settings:
 def manifest(setup: Setup, study: str, plans: dict[str, list[Plan]], settings: dict[str, Any]) -> dict[str, Any]:
     eng = setup.engine
     task = setup.task_spec.to_json() if setup.task_spec else {"kind": "object", "name": getattr(setup.task, "name", "?")}
-    return {
-        "tool": TOOL, "study": study,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "versions": _versions(),
-        "base": str(Path(eng.base.path).resolve()), "device": str(eng.device), "dtype": str(eng.dtype).replace("torch.", ""),
-        "tokenizer": str(Path(eng._tok_dir).resolve()),
-        "teacher": str(setup.teacher.resolve()) if setup.teacher else None,
-        "task": task, "seed": setup.seed, "replayable": setup.task_spec is not None,
-        "evaluators": [s.to_json() for s in setup.evaluators],
-        "runs": [{"name": r.name, "root": str(Path(r.root).resolve()), "steps": sorted(r.steps)} for r in setup.runs],
-        "plans": {name: [p.to_json() for p in ps] for name, ps in plans.items()},
-        "settings": settings,
-        "timing_s": {k: round(v, 3) if isinstance(v, float) else v for k, v in eng.stats.items()},
-    }
+    return provenance.manifest(
+        TOOL, study=study,
+        base=str(Path(eng.base.path).resolve()), device=str(eng.device), dtype=str(eng.dtype).replace("torch.", ""),
+        tokenizer=str(Path(eng._tok_dir).resolve()),
+        teacher=str(setup.teacher.resolve()) if setup.teacher else None,
+        task=task, seed=setup.seed, replayable=setup.task_spec is not None,
+        evaluators=[s.to_json() for s in setup.evaluators],
+        runs=[{"name": r.name, "root": str(Path(r.root).resolve()), "steps": sorted(r.steps)} for r in setup.runs],
+        plans={name: [p.to_json() for p in ps] for name, ps in plans.items()},
+        settings=settings,
+        timing_s={k: round(v, 3) if isinstance(v, float) else v for k, v in eng.stats.items()})
 
 
 def write(df: pd.DataFrame, out: PathLike, manifest_: dict[str, Any]) -> Path:

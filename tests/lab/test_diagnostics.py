@@ -1,4 +1,4 @@
-"""Token diagnostics (SPEC §7) against a plain numpy reference and planted cases."""
+"""Token diagnostics (Rethinking OPD, arXiv 2604.13016) against a plain numpy reference and planted cases."""
 
 import math
 
@@ -10,7 +10,7 @@ from opd_dynamics.diagnostics import gap_recovery, token_diagnostics
 
 
 def reference(s, t, mask, k, weighting="p"):
-    """Loop-per-position numpy float64, written from the SPEC text."""
+    """Loop-per-position numpy float64, written from the definitions in docs/reference-runs.md."""
     rows = {key: [] for key in ("ratio", "mp", "mq", "gap", "adv")}
     for b, i in zip(*np.nonzero(mask)):
         p = np.exp(s[b, i] - s[b, i].max()); p /= p.sum()
