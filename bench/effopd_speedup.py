@@ -20,12 +20,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from opd_dynamics.effopd.speedup import first_reaching
 
-def first_reaching(curve: list[tuple[int, float]], threshold: float) -> float:
-    for step, acc in curve:
-        if acc >= threshold - 1e-12:
-            return step
-    return math.nan
+
 
 
 def search_score(kind: str, task, tok, probe):
