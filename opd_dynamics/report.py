@@ -51,6 +51,13 @@ class Inputs:
     studies: pd.DataFrame | None
     sources: list[dict] = field(default_factory=list)
 
+    @property
+    def preset(self) -> str:
+        """The preset the analyses recorded (docs/fidelity.md); ``paper`` unless every analysis recorded the same."""
+        recorded = {((s.get("manifest") or {}).get("settings") or {}).get("preset") or "paper"
+                    for s in self.sources if s.get("kind") == "analysis"}
+        return recorded.pop() if len(recorded) == 1 else "paper"
+
 
 def _read(path: Path) -> pd.DataFrame:
     if is_remote(path):  # results are small: one ranged read of the whole file
@@ -353,11 +360,15 @@ def _build(inputs: Inputs, tmp: Path, title: str, formats: Sequence[str]) -> Non
     (tmp / "tables").mkdir()
     t1, t1_notes = None, []
     if len(inputs.table):
-        t1, t1_notes = informative(_shown(table1(inputs.table, final_only=True), (RUN, STEP)), inputs.table)
+        t1, t1_notes = informative(_shown(table1(inputs.table, final_only=True, preset=inputs.preset), (RUN, STEP)),
+                                   inputs.table)
+        if inputs.preset != "paper":
+            t1_notes.append(f"{inputs.preset} preset (docs/fidelity.md): σ₁/‖ΔW‖_F and top-1 % aggregate as a ratio "
+                            "of sums across modules, Σx/Σ‖ΔW‖_F.")
         t1.to_csv(tmp / "tables" / "table1_final.csv", index=False)
         (tmp / "tables" / "table1_final.tex").write_text(
             to_latex(t1, "Update geometry at the final step, mean over attention and MLP matrices."))
-        table1(inputs.table).to_csv(tmp / "tables" / "table1_all_steps.csv", index=False)
+        table1(inputs.table, preset=inputs.preset).to_csv(tmp / "tables" / "table1_all_steps.csv", index=False)
         km = _shown(kind_means(inputs.table), (RUN, KIND))
         km.to_csv(tmp / "tables" / "kind_means_final.csv", index=False)
         (tmp / "tables" / "kind_means_final.tex").write_text(
