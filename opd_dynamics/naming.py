@@ -24,6 +24,8 @@ import re
 from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
+from .kinds import ATTN_KINDS, BODY_KINDS, FUSED_BODY_KINDS, KINDS, MLP_KINDS, is_body  # noqa: F401 (re-exported)
+
 # (family, regex on the tensor name, kind, layout). First match wins, so specific rows come first.
 # layout: "linear" (out, in) | "conv1d" (in, out; transposed on read) | "fused_qkv" | "fused_qkv_conv1d"
 #         | "fused_gate_up" | "vector" (1-D, never a matrix metric)
@@ -63,26 +65,6 @@ NAME_TABLE: tuple[tuple[str, str, str, str], ...] = (
     ("gpt2", r"(^|\.)(wte|wpe)\.weight$", "embed", "linear"),
     ("gpt2", r"(^|\.)ln_(1|2|f)\.weight$", "norm", "vector"),
 )
-#: every module kind of the long table (``kind`` column); ``attn_qkv`` and ``mlp_gate_up`` name fused tensors only
-KINDS = ("attn_q", "attn_k", "attn_v", "attn_o", "mlp_gate", "mlp_up", "mlp_down",
-         "embed", "lm_head", "norm", "bias", "router", "other")
-ATTN_KINDS = KINDS[:4]
-MLP_KINDS = KINDS[4:7]
-#: the attention and MLP matrices: what EffOPD's Table 1 averages over, ``--select kind=body``, what EffOPD extrapolates
-BODY_KINDS = ATTN_KINDS + MLP_KINDS
-#: tensor kinds (:func:`classify`) of fused tensors whose parts are body matrices
-FUSED_BODY_KINDS = ("attn_qkv", "mlp_gate_up")
-
-
-def is_body(kind: str) -> bool:
-    """True for an attention/MLP matrix kind: a module's (:data:`BODY_KINDS`) or a fused tensor's that splits into them.
-
-    >>> is_body("attn_q"), is_body("attn_qkv"), is_body("norm"), is_body("router")
-    (True, True, False, False)
-    """
-    return kind in BODY_KINDS or kind in FUSED_BODY_KINDS
-
-
 _COMPILED = tuple((fam, re.compile(rx), kind, layout) for fam, rx, kind, layout in NAME_TABLE)
 _LAYER = re.compile(r"\.(?:layers|h|blocks|block|decoder\.layers)\.(\d+)\.")
 _EXPERT = re.compile(r"\.experts\.(\d+)\.")

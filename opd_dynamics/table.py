@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from .naming import ATTN_KINDS, BODY_KINDS, KINDS, MLP_KINDS  # noqa: F401  (the kinds are naming's; re-exported)
+from .kinds import ATTN_KINDS, BODY_KINDS, KINDS, MLP_KINDS  # noqa: F401  (re-exported)
 
 RUN, STEP, REF_STEP, MODULE, LAYER, EXPERT, KIND, METRIC, VALUE = (
     "run", "step", "ref_step", "module", "layer", "expert", "kind", "metric", "value")
