@@ -14,7 +14,6 @@ from opd_dynamics.effopd.replay import ReplayReport
 from opd_dynamics.effopd.study import OUTPUT_FILES, TOOL, replay_run, replay_table
 from opd_dynamics.errors import OPDError
 from opd_dynamics.table import MANIFEST_NAME, load, load_manifest
-from intervention_fixtures import tiny_llama_runs
 
 ARGS = dict(task="lab:tiny", evaluator="loglik:split=train,limit=4", ks=(1, 2))
 
@@ -41,8 +40,8 @@ def test_replay_table_rows_on_a_planted_report():
 
 
 @pytest.fixture(scope="module")
-def written(tmp_path_factory):
-    runs = tiny_llama_runs()
+def written(tmp_path_factory, tiny_llama_runs):
+    runs = tiny_llama_runs
     out = tmp_path_factory.mktemp("effopd") / "out"
     report = replay_run(runs["run"], base=runs["base"], out=out, progress=False, **ARGS)
     return runs, out, report
