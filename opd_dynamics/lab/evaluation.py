@@ -29,6 +29,9 @@ def greedy_accuracy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
     return verified_share(model, tokenizer, examples, task.verify, max_new_tokens=task.max_new_tokens, batch_size=256)
 
 
+accuracy = greedy_accuracy  # the name earlier versions exported from opd_dynamics.lab (docs/effopd.md, bench/)
+
+
 class Evaluator:
     def __init__(self, tokenizer: PreTrainedTokenizerBase, task: Task, examples: list[Example],
                  teacher: PreTrainedModel | None = None, diagnostic_prompts: int = 64, k: int = K,
