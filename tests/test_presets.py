@@ -5,6 +5,7 @@ Each test plants an input where the two conventions give different, hand-compute
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from helpers import compute, trajectory
@@ -286,6 +287,12 @@ def test_cli_analyze_records_the_preset_and_show_uses_it(tmp_path):
     assert printed(r.stdout) == pytest.approx(want["authors"], abs=6e-4)
     assert printed(run("show", out).stdout) == pytest.approx(want["authors"], abs=6e-4)
     assert printed(run("show", out, "--preset", "paper").stdout) == pytest.approx(want["paper"], abs=6e-4)
+    from opd_dynamics.report import build_report  # the HTML report's Table 1 follows the recorded preset too
+
+    build_report([out], tmp_path / "report")
+    t1 = pd.read_csv(tmp_path / "report" / "tables" / "table1_final.csv")
+    assert float(t1["spectral_ratio"].iloc[0]) == pytest.approx(want["authors"], rel=1e-6)
+    assert "authors preset" in (tmp_path / "report" / "index.html").read_text()
 
 
 # --- spectral partition ------------------------------------------------------------------------------------------

@@ -28,6 +28,13 @@ class Inputs:
     studies: pd.DataFrame | None
     sources: list[dict] = field(default_factory=list)
 
+    @property
+    def preset(self) -> str:
+        """The preset the analyses recorded (docs/fidelity.md); ``paper`` unless every analysis recorded the same."""
+        recorded = {((s.get("manifest") or {}).get("settings") or {}).get("preset") or "paper"
+                    for s in self.sources if s.get("kind") == "analysis"}
+        return recorded.pop() if len(recorded) == 1 else "paper"
+
 
 def _read(path: Path) -> pd.DataFrame:
     if is_remote(path):  # results are small: one ranged read of the whole file

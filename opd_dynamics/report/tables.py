@@ -79,11 +79,15 @@ def write_tables(inputs, tables: Path) -> tuple[pd.DataFrame | None, list[str]]:
     final-step Table 1 shown on the page (``None`` without an analysis table) and its notes."""
     t1, notes = None, []
     if len(inputs.table):
-        t1, notes = informative(_shown(table1(inputs.table, final_only=True), (RUN, STEP)), inputs.table)
+        t1, notes = informative(_shown(table1(inputs.table, final_only=True, preset=inputs.preset), (RUN, STEP)),
+                                inputs.table)
+        if inputs.preset != "paper":
+            notes.append(f"{inputs.preset} preset (docs/fidelity.md): σ₁/‖ΔW‖_F and top-1 % aggregate as a ratio of "
+                         "sums across modules, Σx/Σ‖ΔW‖_F.")
         t1.to_csv(tables / "table1_final.csv", index=False)
         (tables / "table1_final.tex").write_text(
             to_latex(t1, "Update geometry at the final step, mean over attention and MLP matrices."))
-        table1(inputs.table).to_csv(tables / "table1_all_steps.csv", index=False)
+        table1(inputs.table, preset=inputs.preset).to_csv(tables / "table1_all_steps.csv", index=False)
         km = _shown(kind_means(inputs.table), (RUN, KIND))
         km.to_csv(tables / "kind_means_final.csv", index=False)
         (tables / "kind_means_final.tex").write_text(
