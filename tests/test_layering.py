@@ -77,8 +77,8 @@ LAYERS = (
     ("presets", "edits", "plans", "patching"),
     ("metrics", "view"),
     ("io", "naming", "select", "synthetic"),
-    ("table", "frames", "outdir"),
-    ("plugins", "errors", "device", "linalg", "machine"),
+    ("table", "frames", "outdir", "kinds"),
+    ("plugins", "errors", "device", "linalg", "machine", "provenance"),
 )
 
 
