@@ -127,7 +127,7 @@ def main() -> None:
                         continue
                     r = one(arm, k is not None, seed, Path(a.lab.format(seed=seed)), out, k or K)
                     results.append(r)
-                    print(f"seed {seed} {arm} projected={projected}: val {r['curve'][-1][1]:.3f} "
+                    print(f"seed {seed} {arm} k={k}: val {r['curve'][-1][1]:.3f} "
                           f"test {r['test_accuracy']:.3f} kept {r['kept_mean']} cpu {r['cpu']:.0f}s", flush=True)
                     (out / "projection.json").write_text(json.dumps(results, indent=1))
         (out / "machine.txt").write_text(machine_note() + "\n")
