@@ -109,6 +109,21 @@ def early_alignment(run_dir: Path, base_dir: Path, horizon: int) -> dict:
     return out
 
 
+def segments(run_dir: Path, base_dir: Path) -> dict:
+    """cos(W_t − W_{t/2}, W_{2t} − W_t) and the norm ratio over the attention/MLP matrices, per power of two."""
+    from safetensors.numpy import load_file
+
+    from opd_dynamics.effopd import extrapolated_names
+    from opd_dynamics.effopd.speedup import segment_cosines
+
+    files = {0: base_dir / "model.safetensors"}
+    files.update({int(d.name.split("-")[1]): d / "model.safetensors" for d in run_dir.glob("checkpoint-*")})
+    pow2 = {s: f for s, f in files.items() if s == 0 or s & (s - 1) == 0}
+    weights = {s: load_file(str(f)) for s, f in pow2.items()}
+    names = extrapolated_names(list(weights[0]))
+    return {str(t): list(v) for t, v in segment_cosines(weights, names).items()}
+
+
 def one(regime: str, seed: int, effopd: str | None, lab: Path, out: Path, keep: Path | None = None) -> dict:
     from opd_dynamics.effopd import EffOPD
     from opd_dynamics.lab import accuracy
@@ -165,8 +180,34 @@ def summarise(results: list[dict]) -> pd.DataFrame:
                 late = [a for s, a in ec if s >= T // 4]
                 row["mean_acc_effopd"] = sum(late) / len(late)
                 row["accepted"] = ",".join(str(x["accepted_k"]) for x in e["searches"] if x["step"] <= T)
+                # the first candidate (+2Δ) against the weights it extrapolates from, on the search's 50 problems
+                first = [x["scores"][1] - x["scores"][0] for x in e["searches"] if x["step"] <= T and len(x["scores"]) > 1]
+                row["k1_worse/tie/better"] = (f"{sum(d < 0 for d in first)}/{sum(d == 0 for d in first)}/"
+                                              f"{sum(d > 0 for d in first)}")
+                row["k1_mean_change"] = sum(first) / len(first) if first else math.nan
+                seg = [v for t, v in plain.get("segments", {}).items() if 2 * int(t) <= T]
+                row["segment_cos"] = sum(c for c, _ in seg) / len(seg) if seg else math.nan
+                row["segment_norm_ratio"] = sum(r for _, r in seg) / len(seg) if seg else math.nan
                 rows.append(row)
     return pd.DataFrame(rows)
+
+
+def markdown(df: pd.DataFrame) -> str:
+    """The table of docs/effopd.md: one row per (regime, T, seed, preset)."""
+    head = ("| regime | T | seed | EffOPD preset | align. at T/8 (chance) | locking at T/8 (chance) | segment cos | "
+            "+2Δ vs W_t on the 50 (worse/tie/better; mean) | accepted k | steps to 90 % (plain/EffOPD) | speedup 90 % | "
+            "mean acc. from T/4 (plain/EffOPD) | acc. at T (plain/EffOPD) |")
+    lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
+    for r in df.itertuples(index=False):
+        d = r._asdict()
+        sp = "—" if math.isnan(d["speedup90"]) else f"{d['speedup90']:.2f}"
+        lines.append(
+            f"| {d['regime']} (lr {d['lr']:g}) | {d['T']} | {d['seed']} | {d['effopd']} | "
+            f"{d['align_T_8']:.2f} ({d['align_chance']:.2f}) | {d['lock_T_8']:.2f} ({d['lock_chance']:.2f}) | "
+            f"{d['segment_cos']:.2f} | {d['k1_worse_tie_better']}; {d['k1_mean_change']:+.2f} | {d['accepted']} | "
+            f"{d['steps90']} | {sp} | {d['mean_acc_plain']:.3f} / {d['mean_acc_effopd']:.3f} | "
+            f"{d['plain_final']:.3f} / {d['effopd_final']:.3f} |")
+    return "\n".join(lines)
 
 
 def plot(results: list[dict], df: pd.DataFrame, path: Path, note: str) -> None:
@@ -239,13 +280,22 @@ def main() -> None:
     ap.add_argument("--out", default="/tmp/effopd-regimes")
     ap.add_argument("--from-json", nargs="*", default=None, help="summarise earlier runs' regimes.json files")
     ap.add_argument("--resume", action="store_true", help="keep the finished runs of OUT/regimes.json")
+    ap.add_argument("--no-plain", action="store_true",
+                    help="EffOPD runs only (another process runs the plain one; combine with --from-json)")
     a = ap.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     results: list[dict] = []
     if a.from_json is not None:
         for f in a.from_json:
-            results += json.loads(Path(f).read_text())
+            rs = json.loads(Path(f).read_text())
+            for r in rs:   # runs written before the segment diagnostic existed: compute it from the kept checkpoints
+                keep = Path(f).parent / f"plain-{r['regime']}-s{r['seed']}"
+                if r["effopd"] is None and "segments" not in r and keep.exists():
+                    base_dir = (Path(a.lab.format(seed=r["seed"])) / "base" if REGIMES[r["regime"]]["student"] is None
+                                else Path(f).parent / f"base-{r['regime']}-s{r['seed']}")
+                    r["segments"] = segments(keep, base_dir)
+            results += rs
     else:
         done = out / "regimes.json"
         if a.resume and done.exists():   # keep finished runs whose EffOPD settings are the current preset's
@@ -259,13 +309,15 @@ def main() -> None:
                 have = {(r["regime"], r["seed"], r["effopd"]) for r in results}
                 keep = out / f"plain-{regime}-s{seed}"
                 base_dir = lab / "base" if REGIMES[regime]["student"] is None else out / f"base-{regime}-s{seed}"
-                if (regime, seed, None) not in have:
+                if (regime, seed, None) not in have and not a.no_plain:
                     r = one(regime, seed, None, lab, out, keep=keep)
                     results.append(r)
                     print(f"{regime} seed {seed} plain: final {r['curve'][-1][1]:.3f}, cpu {r['cpu']:.0f}s", flush=True)
-                plain = next(r for r in results if (r["regime"], r["seed"], r["effopd"]) == (regime, seed, None))
-                plain["alignment"] = {str(T): early_alignment(keep, base_dir, T) for T in REGIMES[regime]["horizons"]}
-                done.write_text(json.dumps(results, indent=1))
+                plain = next((r for r in results if (r["regime"], r["seed"], r["effopd"]) == (regime, seed, None)), None)
+                if plain is not None:
+                    plain["alignment"] = {str(T): early_alignment(keep, base_dir, T) for T in REGIMES[regime]["horizons"]}
+                    plain["segments"] = segments(keep, base_dir)
+                    done.write_text(json.dumps(results, indent=1))
                 for eff in a.effopd:
                     if (regime, seed, eff) in have:
                         continue
@@ -277,6 +329,8 @@ def main() -> None:
         (out / "machine.txt").write_text(machine_note() + "\n")
     df = summarise(results)
     df.to_csv(out / "regimes.csv", index=False)
+    md = markdown(df.rename(columns=lambda c: c.replace("@T/", "_T_").replace("/", "_")))
+    (out / "regimes.md").write_text(md + "\n")
     with pd.option_context("display.width", 250, "display.max_columns", 40):
         print(df.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     note = machine_note()

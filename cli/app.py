@@ -144,14 +144,16 @@ def list_metrics() -> None:
 @app.command(epilog="**Example**\n\n    opd-dynamics show results/opd")
 def show(results: Annotated[Path, typer.Argument(help="Directory written by analyze -o (or a .parquet/.csv file).")],
          final: Annotated[bool, typer.Option("--final", help="Only each run's last step.")] = False,
-         preset: Annotated[str, typer.Option(help="paper (a mean of per-module ratios) or authors (the shares of the Frobenius norm as a ratio of sums); docs/fidelity.md.")] = "paper") -> None:
+         preset: Annotated[Optional[str], typer.Option(help="paper (a mean of per-module ratios) or authors (the shares of the Frobenius norm as a ratio of sums); default: the preset analyze recorded in manifest.json, else paper; docs/fidelity.md.")] = None) -> None:
     """Print the Table-1 summary of saved results."""
-    from opd_dynamics.presets import check
+    from opd_dynamics.presets import check, recorded
     from opd_dynamics.summary import format_table, table1
     from opd_dynamics.table import load
 
-    check(preset)
+    if preset is not None:
+        check(preset)
     df = load(results)
+    preset = preset or recorded(results)
     typer.echo(format_table(table1(df, final_only=final, preset=preset), df))
 
 

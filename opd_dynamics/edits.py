@@ -35,7 +35,7 @@ import torch
 
 from .errors import SelectionError
 from .plugins import FactoryFacts, PluginSpec, Registry, check_settings
-from .linalg import exact_svd, gram_svd, numerical_rank
+from .linalg import exact_svd, frobenius, gram_svd, numerical_rank
 
 Tensor = torch.Tensor
 
@@ -74,9 +74,9 @@ def spectral_keep(delta: Tensor, percent: float, which: str = "top", rescale: bo
     idx = slice(0, k) if which == "top" else slice(r - k, r)
     kept = (u[:, idx] * s[idx]) @ v[:, idx].T
     if rescale:
-        norm = torch.linalg.matrix_norm(kept)
+        norm = frobenius(kept)
         if norm > 0:
-            kept = kept * (torch.linalg.matrix_norm(delta) / norm)
+            kept = kept * (frobenius(delta) / norm)
     return kept
 
 
@@ -86,7 +86,7 @@ def norm_rescale(delta_t: Tensor, target_norm: float, beta: float = 1.0) -> Tens
     >>> norm_rescale(torch.tensor([3., 4.], dtype=torch.float64), 10.0).tolist()
     [6.0, 8.0]
     """
-    norm = float(torch.linalg.vector_norm(delta_t))
+    norm = frobenius(delta_t)
     if norm == 0:
         return delta_t.clone()
     return delta_t * (1 + beta * (float(target_norm) / norm - 1))
@@ -208,7 +208,7 @@ def norm_rescale_edit(beta: float = 1.0, target: str = "final"):
     target = str(target)
 
     def fn(w0, d, others):
-        return norm_rescale(d, float(torch.linalg.vector_norm(others[target])), beta)
+        return norm_rescale(d, frobenius(others[target]), beta)
 
     return fn, (target,)
 

@@ -32,7 +32,6 @@ STUDY, RUN, VARIANT, X, METRIC, VALUE, UPDATE_NORM = "study", "run", "variant", 
 STUDY_COLUMNS = (STUDY, RUN, VARIANT, X, METRIC, VALUE)
 STUDY_DTYPES = {STUDY: "string", RUN: "string", VARIANT: "string", X: "float64", METRIC: "string", VALUE: "float64"}
 REFERENCE_PREFIX = "reference:"
-KNOWN_STUDIES = ("sliding_window", "norm_scaling", "spectral_partition", "early_rescale", "effopd")
 
 
 def from_records(rows: list[tuple] | list[dict]) -> pd.DataFrame:

@@ -53,6 +53,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .device import resolve_device
+from . import linalg
 from .edits import BuiltEdit, EditSpec
 from .errors import CheckpointError, OPDError
 from .io.checkpoint import Checkpoint
@@ -253,7 +254,7 @@ class InterventionEngine:
                 delta = view(src, part) - w0p
                 extra = {r: view(t, part) - w0p for r, t in others.items() if r in built.needs}
                 nd = built(w0p, delta, extra)
-                total += float(nd.square().sum())
+                total += linalg.frobenius(nd) ** 2
                 view(new, part).copy_(w0p + nd)
             patch.write(name, new.to(param.dtype))
             info.tensors.append(name)

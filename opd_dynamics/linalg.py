@@ -14,8 +14,7 @@ Paths and their errors (σ₁ = largest singular value, ε₆₄ ≈ 2.2e-16, ε
   computed and the true top-k subspace decays like (σ_{k+p+1}/σ_k)^(2·n_iter), times the tangent of the random
   start's angle (≲ 10); σ errors go like that angle squared. A flat spectrum with no gap after k has no
   well-defined top-k subspace: then the vectors capture the top energy to that accuracy instead (tested). The other
-  side's vectors come from U = X V Σ⁻¹. ``randomized_svd`` does the same directly on X (Halko et al. 2011) when no
-  Gram is at hand: angle ~ (σ_{k+p+1}/σ_k)^(2·n_iter+1).
+  side's vectors come from U = X V Σ⁻¹.
 
 - Factored updates ΔW = s·B·A (LoRA, rank r ≪ min(m, n)): :class:`Factored`. QR of both factors and one r×r SVD
   give ΔW's exact thin SVD in O((m + n)·r²) instead of O(m·n·min(m, n)); ``dense()`` only on demand.
@@ -45,7 +44,7 @@ BLOCK_ELEMS = 1 << 22  # blocks of ~4M elements (32 MB in float64): bounded temp
 METHODS = ("gram", "svd", "svd64")
 BACKENDS = ("torch", "numpy")
 #: decompositions done so far, by kind ("gram" (forming XᵀX), "gram_eigvalsh", "svdvals", "gram_topk",
-#: "randomized", "svd64", "gram_svd", "factored"); the counter only grows, callers diff it
+#: "svd64", "gram_svd", "factored"); the counter only grows, callers diff it
 COUNTS: Counter = Counter()
 
 
@@ -229,25 +228,6 @@ def other_side(x: torch.Tensor, vec: torch.Tensor, sigma: torch.Tensor, vec_side
     """Singular vectors on the other side: U = X V Σ⁻¹ (vec_side="right") or V = Xᵀ U Σ⁻¹."""
     safe = torch.where(sigma > 0, sigma, torch.ones_like(sigma))
     return _times(x, vec, transpose=(vec_side == "left"), backend_=backend) / safe
-
-
-def randomized_svd(x: torch.Tensor, k: int, *, oversample: int = 10, n_iter: int = 6,
-                   seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Top-k SVD of ``x`` (U (m×k), σ (k,), V (n×k)) by a randomized range finder with power iterations.
-
-    With 2 power iterations σ₁ was 2–13 % off for flat spectra; 6 (the default) gave 1e-4 to 1e-2.
-    """
-    COUNTS["randomized"] += 1
-    m, n = x.shape
-    k = min(k, m, n)
-    width = min(m, n, k + oversample)
-    a = x.to(torch.float64)
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    q = _orth(a @ torch.randn(n, width, generator=gen, dtype=torch.float64).to(x.device))
-    for _ in range(n_iter):
-        q = _orth(a @ _orth(a.T @ q))
-    ub, s, vh = torch.linalg.svd(q.T @ a, full_matrices=False)
-    return (q @ ub)[:, :k], s[:k], vh[:k].T
 
 
 def exact_svd(x: torch.Tensor, *, cpu: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -24,6 +24,8 @@ import re
 from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
+from .kinds import ATTN_KINDS, BODY_KINDS, FUSED_BODY_KINDS, KINDS, MLP_KINDS, is_body  # noqa: F401 (re-exported)
+
 # (family, regex on the tensor name, kind, layout). First match wins, so specific rows come first.
 # layout: "linear" (out, in) | "conv1d" (in, out; transposed on read) | "fused_qkv" | "fused_qkv_conv1d"
 #         | "fused_gate_up" | "vector" (1-D, never a matrix metric)
@@ -85,11 +87,6 @@ class Part:
     transpose: bool = False
     expert: int | None = None
     index: int | None = None
-
-    @property
-    def is_body(self) -> bool:
-        """Attention or MLP matrix (what EffOPD's Table 1 averages over)."""
-        return self.kind.startswith(("attn_", "mlp_"))
 
 
 def layer_of(name: str) -> int | None:

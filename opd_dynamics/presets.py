@@ -72,6 +72,19 @@ def metric_specs(specs: list, preset: str | None) -> list:
     return out
 
 
+def recorded(results) -> str:
+    """The preset an analysis recorded in the ``manifest.json`` beside its table (``paper`` when none is recorded:
+    tables written before presets existed, or a table without a manifest)."""
+    from pathlib import Path
+
+    from .table import MANIFEST_NAME, load_manifest
+
+    p = Path(results)
+    if not ((p if p.is_dir() else p.parent) / MANIFEST_NAME).exists():
+        return DEFAULT
+    return check(load_manifest(results).get("settings", {}).get("preset"))
+
+
 def parts() -> list[str]:
     """Every part a preset configures (each is a row of docs/fidelity.md)."""
     return list(_TABLE)

@@ -102,7 +102,8 @@ def informative(wide: pd.DataFrame, df: pd.DataFrame | None = None) -> tuple[pd.
                 r = df[(df[METRIC] == "numerical_rank") & df[KIND].isin(BODY_KINDS)][VALUE].max()
                 rank = f" (largest numerical rank here: {int(r)})"
             notes.append("top-1 % is not shown: 1 % of every matrix's rank is a single singular value "
-                         f"(⌈0.01·r⌉ = 1 for r ≤ 100{rank}), so it equals spectral_ratio (σ₁'s share).")
+                         f"(⌈0.01·r⌉ = 1 for r ≤ 100, ⌊0.01·r⌋ = 1 for r < 200 under the authors preset{rank}), "
+                         "so it equals spectral_ratio (σ₁'s share).")
     return wide, notes
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from .naming import classify
+from .naming import classify, is_body
 
 _RULES = {"opd": dict(rank=2, decay=0.5, rotate=0.0, noise=0.02),
           "rl": dict(rank=8, decay=0.9, rotate=1.0, noise=0.05)}
@@ -85,7 +85,7 @@ def make_synthetic_runs(out_dir, *, steps=(1, 2, 4, 8, 16, 32), kinds=("opd", "r
     for ki, kind in enumerate(kinds):
         gen = torch.Generator().manual_seed(seed * 1000 + ki)
         bases = {k: (_basis(v.shape, 8, gen), _basis(v.shape, 8, gen)) for k, v in base.items()
-                 if v.ndim == 2 and classify(k)[0].startswith(("attn_", "mlp_"))}
+                 if v.ndim == 2 and is_body(classify(k)[0])}
         log = []
         for step in steps:
             t = step / last

@@ -15,16 +15,13 @@ from typing import Any
 
 import pandas as pd
 
+from .kinds import ATTN_KINDS, BODY_KINDS, KINDS, MLP_KINDS  # noqa: F401  (re-exported)
+
 RUN, STEP, REF_STEP, MODULE, LAYER, EXPERT, KIND, METRIC, VALUE = (
     "run", "step", "ref_step", "module", "layer", "expert", "kind", "metric", "value")
 COLUMNS = (RUN, STEP, REF_STEP, MODULE, LAYER, EXPERT, KIND, METRIC, VALUE)
 DTYPES = {RUN: "string", STEP: "int64", REF_STEP: "int64", MODULE: "string", LAYER: "Int64", EXPERT: "Int64",
           KIND: "string", METRIC: "string", VALUE: "float64"}
-KINDS = ("attn_q", "attn_k", "attn_v", "attn_o", "mlp_gate", "mlp_up", "mlp_down",
-         "embed", "lm_head", "norm", "bias", "router", "other")
-ATTN_KINDS = KINDS[:4]
-MLP_KINDS = KINDS[4:7]
-BODY_KINDS = ATTN_KINDS + MLP_KINDS
 MANIFEST_NAME = "manifest.json"
 
 

@@ -61,6 +61,12 @@ class Spectrum:
         return linalg.singular_values(self._x, self.method)
 
     @cached_property
+    def frobenius(self) -> float:
+        """‖X‖_F = sqrt(Σσᵢ²) of these σ. The spectral ratios (σ₁/‖X‖_F, ‖X‖_F²/σ₁²) divide by it rather than by the
+        direct sum :func:`opd_dynamics.linalg.frobenius`, so σ₁ ≤ ‖X‖_F holds exactly; the two agree to ~ε₆₄."""
+        return float(np.sqrt((self.sigma_all ** 2).sum()))
+
+    @cached_property
     def rank(self) -> int:
         """Numerical rank r: count of σᵢ > σ₁·max(m, n)·ε₃₂ (docs/metrics.md)."""
         return linalg.numerical_rank(self.sigma_all, self.shape)
@@ -93,13 +99,6 @@ class Spectrum:
                 self._vectors[side] = linalg.other_side(self._x, vec, sig, gside)
             have = self._vectors[side]
         return have[:, :k]
-
-    def release(self) -> None:
-        """Drop the matrix and Gram (keep σ and cached vectors)."""
-        if self.factored:
-            return  # the factors are small
-        self._x = None
-        self.__dict__.pop("_gram", None)
 
 
 @dataclass
@@ -148,9 +147,10 @@ class ModuleView:
 
     @cached_property
     def delta_norm(self) -> float:
-        """‖ΔW‖_F in float64 (from the factors' σ when factored, without forming ΔW)."""
+        """‖ΔW‖_F in float64: :func:`opd_dynamics.linalg.frobenius`, or from the factors' σ when factored (without
+        forming ΔW). Every ‖ΔW‖_F of a metric is this one."""
         if self.factored is not None:
-            return float(np.sqrt((self.spectrum.sigma_all ** 2).sum()))
+            return self.spectrum.frobenius
         return linalg.frobenius(self.delta)
 
     @property

@@ -49,3 +49,30 @@ def test_never_reaching_is_nan_not_zero_or_infinity():
     assert all(math.isnan(x) for x in step_speedup([], plain))
     # 0.9 × 0.005 is 0.0045000000000000005 in floating point: a curve at 0.0045 reaches it
     assert 0.0045 < 0.9 * 0.005 and first_reaching([(4, 0.0045)], 0.9 * 0.005) == 4
+
+
+def test_segment_cosines_planted_line_random_walk_and_oracle():
+    from opd_dynamics.effopd.speedup import segment_cosines
+
+    g = np.random.default_rng(1)
+    w0, direction = g.normal(size=(6, 5)), g.normal(size=(6, 5))
+    line = {s: {"a": w0 + s * direction, "b": w0.T - 3 * s * direction.T} for s in (0, 1, 2, 4, 8)}
+    got = segment_cosines(line)
+    assert sorted(got) == [1, 2, 4]
+    for t, (cos, ratio) in got.items():
+        assert cos == pytest.approx(1.0, abs=1e-12) and ratio == pytest.approx(1.0 if t == 1 else 2.0, rel=1e-12)
+    # a random walk: unrelated segments, |cos| at the √(2/(π·mn)) scale of random directions
+    walk, w = {0: {"a": w0}}, w0
+    for s in (1, 2, 4, 8, 16):
+        w = w + g.normal(size=w0.shape) * 1e-3
+        walk[s] = {"a": w}
+    assert all(abs(c) < 0.6 for c, _ in segment_cosines(walk).values())
+    # oracle: scipy's cosine distance in float64 on one segment pair
+    from scipy.spatial.distance import cosine
+
+    d, d2 = (walk[4]["a"] - walk[2]["a"]).ravel(), (walk[8]["a"] - walk[4]["a"]).ravel()
+    assert segment_cosines(walk, ["a"])[4][0] == pytest.approx(1 - cosine(d, d2), abs=1e-12)
+    assert segment_cosines(walk)[4][1] == pytest.approx(np.linalg.norm(d2) / np.linalg.norm(d), rel=1e-12)
+    # steps that are not powers of two, or whose neighbours are missing, are skipped; a zero segment is left out
+    assert segment_cosines({0: {"a": w0}, 3: {"a": w0}, 6: {"a": w0}}) == {}
+    assert segment_cosines({0: {"a": w0}, 1: {"a": w0}, 2: {"a": w0 + 1}}) == {}

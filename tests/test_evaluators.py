@@ -67,6 +67,24 @@ def test_accuracy_matches_hand_decoding(setup):
     assert ev.name == "accuracy:batch_size=128" and ev.higher_is_better and ev.bounds == (0.0, 1.0)
 
 
+def test_the_lab_and_the_evaluator_share_one_accuracy(setup):
+    """The reference runs' training-time accuracy is the ``accuracy`` evaluator's computation (greedy, the task's
+    verifier): planted half-right answers give 0.5 through both, and the lab's numbers equal hand decoding."""
+    from opd_dynamics.evaluators.accuracy import verified_share
+    from opd_dynamics.lab.evaluation import Evaluator, greedy_accuracy
+
+    _, model, _, tok = setup
+    texts = [greedy_by_hand(model, tok, p, FixedTask.max_new_tokens) for p in PROMPTS]
+    exs = [Example(p, t if i % 2 == 0 else t + "#wrong", "") for i, (p, t) in enumerate(zip(PROMPTS, texts))]
+    task = FixedTask(exs)
+    assert greedy_accuracy(model, tok, task, exs) == 0.5
+    assert Evaluator(tok, task, exs, diagnostic_prompts=0)(model) == {"eval_accuracy": 0.5}
+    assert EvalSpec("accuracy").build(EvalContext(task, tok, progress=False))(model) == 0.5
+    right = [Example(p, t, "") for p, t in zip(PROMPTS, texts)]
+    assert greedy_accuracy(model, tok, task, right) == 1.0
+    assert verified_share(model, tok, [], task.verify, max_new_tokens=2) == 0.0
+
+
 def test_sampled_accuracy_is_deterministic(setup):
     _, model, _, tok = setup
     exs = [Example(p, "x", "") for p in PROMPTS]

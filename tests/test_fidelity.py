@@ -50,7 +50,8 @@ def test_top1pct_equal_to_sigma1_share_is_said_not_shown(equal):
 
 
 def test_html_table_scrolls_instead_of_running_off_the_page():
-    from opd_dynamics.report import CSS, _html_table
+    from opd_dynamics.report.page import CSS
+    from opd_dynamics.report.tables import _html_table
 
     html = _html_table(table1(_table(False), final_only=True))
     assert html.startswith('<div class="scroll">')

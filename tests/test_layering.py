@@ -67,6 +67,51 @@ def test_computation_layers_do_not_import_plotting(layer):
     assert files and importers_of("opd_dynamics.plots", files) == []
 
 
+# The rows of docs/architecture.md's picture, top to bottom (top-level modules and packages of opd_dynamics).
+LAYERS = (
+    ("lab", "demo"),
+    ("report", "plots", "notebook", "summary"),
+    ("studies", "interventions", "effopd", "callbacks", "consistency"),
+    ("analyze", "engine", "cache", "executors", "live"),
+    ("evaluators", "task", "generation", "diagnostics"),
+    ("presets", "edits", "plans", "patching"),
+    ("metrics", "view"),
+    ("io", "naming", "select", "synthetic"),
+    ("table", "frames", "outdir", "kinds"),
+    ("plugins", "errors", "device", "linalg", "machine", "provenance"),
+)
+
+
+def _top(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[0] == "opd_dynamics" else None
+
+
+def upward_imports(files, layers=LAYERS) -> list[str]:
+    """``file -> module`` for every import of a module in a higher row than the file's own."""
+    rank = {name: -i for i, row in enumerate(layers) for name in row}
+    bad = []
+    for f in files:
+        me = _top(_module_name(f))
+        for m in sorted(imports(f)):
+            other = _top(m)
+            if me in rank and other in rank and other != me and rank[other] > rank[me]:
+                bad.append(f"{f.relative_to(ROOT)} -> {m}")
+    return bad
+
+
+def test_every_import_points_down_the_layers_of_the_architecture_page():
+    assert upward_imports(library_files()) == []
+    doc = (ROOT / "docs" / "architecture.md").read_text()
+    for row in LAYERS:  # the picture names every row's modules
+        assert all(f" {name}" in doc for name in row), row
+
+
+def test_the_layer_check_can_fail():
+    swapped = tuple(reversed(LAYERS))
+    assert upward_imports([PACKAGE / "engine.py"], swapped)
+
+
 def test_interventions_take_no_peer_or_private_helpers():
     found = imports(PACKAGE / "interventions.py")
     assert not any(m == "opd_dynamics.analyze" or m.startswith("opd_dynamics.analyze.") for m in found)

@@ -235,3 +235,34 @@ def test_bf16_inputs_are_upcast_before_subtracting():
     wt = torch.from_numpy(rng.standard_normal((20, 10)).astype(np.float32))  # fp32 checkpoint vs bf16 base
     want = np.linalg.norm(wt.double().numpy() - w0.double().numpy())
     assert compute("frobenius", w0, wt) == pytest.approx(want, rel=1e-6)
+
+
+def test_every_update_norm_is_the_one_frobenius():
+    """‖ΔW‖_F: the frobenius metric, relative_update's numerator, the factored (LoRA) path, the spectral ratios'
+    denominator and the edits all agree with a float64 oracle (one definition, linalg.frobenius / σ of the spectrum)."""
+    from opd_dynamics.edits import norm_rescale
+    from opd_dynamics.linalg import Factored
+    from opd_dynamics.naming import Part
+    from opd_dynamics.view import ModuleView
+
+    rng = np.random.default_rng(7)
+    w0 = rng.standard_normal((24, 16)).astype(np.float32)
+    b, a = rng.standard_normal((24, 3)), rng.standard_normal((3, 16))
+    wt = (w0 + 0.1 * b @ a).astype(np.float32)
+    delta64 = (wt - w0).astype(np.float64)  # ΔW as the engine forms it: a float32 difference, then float64 sums
+    oracle = float(np.linalg.norm(delta64))
+    view = view_of(w0, wt)
+    assert compute("frobenius", w0, wt) == pytest.approx(oracle, rel=1e-12)
+    assert view.spectrum.frobenius == pytest.approx(oracle, rel=1e-10)
+    assert compute("relative_update", w0, wt) == pytest.approx(oracle / np.linalg.norm(w0.astype(np.float64)), rel=1e-12)
+    assert compute("stable_rank", w0, wt) == pytest.approx(oracle ** 2 / np.linalg.svd(delta64, compute_uv=False)[0] ** 2,
+                                                            rel=1e-9)
+    # the factored (LoRA) path: σ of the factors, ΔW never formed
+    fac = Factored(torch.tensor(b, dtype=torch.float32), torch.tensor(a, dtype=torch.float32), 0.1)
+    part = Part("m", "m", 0, "mlp_up")
+    fview = ModuleView("run", part, 1, 0, fac, torch.tensor(w0), None, "gram", {})
+    f_oracle = float(np.linalg.norm(0.1 * fac.b.double().numpy() @ fac.a.double().numpy()))
+    assert fview.delta_norm == pytest.approx(f_oracle, rel=1e-10) and "delta" not in fview.__dict__
+    # the edits' norm rescale reaches the target ‖·‖_F exactly (float64)
+    d = torch.tensor(delta64)
+    assert float(torch.linalg.vector_norm(norm_rescale(d, 2 * oracle))) == pytest.approx(2 * oracle, rel=1e-14)

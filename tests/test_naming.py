@@ -71,3 +71,19 @@ def test_every_tensor_of_real_models_gets_a_kind(family):
     kinds = {n: parts(n, tuple(t.shape))[0].kind for n, t in model.state_dict().items()}
     assert "other" not in kinds.values(), [n for n, k in kinds.items() if k == "other"]
     assert {"attn_q", "attn_k", "attn_v", "attn_o", "mlp_gate", "mlp_up", "mlp_down", "embed", "norm"} <= set(kinds.values())
+
+
+def test_one_definition_of_attention_mlp_matrix():
+    from opd_dynamics import table
+    from opd_dynamics.naming import BODY_KINDS, FUSED_BODY_KINDS, KINDS, NAME_TABLE, is_body
+
+    assert table.BODY_KINDS is BODY_KINDS and table.KINDS is KINDS
+    for _fam, _rx, kind, _layout in NAME_TABLE:  # tensor kinds: the four earlier definitions agreed on this prefix rule
+        assert is_body(kind) == kind.startswith(("attn_", "mlp_")), kind
+        assert kind in KINDS or kind in FUSED_BODY_KINDS, kind
+    # a fused tensor's parts are body modules, whose kinds the long table knows
+    for name, shape, cfg in [("transformer.h.0.attn.c_attn.weight", (4, 12), None),
+                             ("model.layers.0.mlp.gate_up_proj.weight", (8, 4), None),
+                             ("model.layers.0.mlp.experts.gate_up_proj", (2, 8, 4), {"hidden_size": 4})]:
+        assert all(p.kind in BODY_KINDS for p in parts(name, shape, cfg)), name
+    assert not any(is_body(k) for k in ("embed", "lm_head", "norm", "bias", "router", "other"))

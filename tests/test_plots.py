@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import matplotlib.pyplot as plt  # a core dependency: its absence is a failure, not a skip
+import pandas as pd
 import pytest
 
 import opd_dynamics.plots as P
@@ -176,6 +177,10 @@ def test_norm_scaling_and_partition(studies):
     fig = P.spectral_partition(studies)
     assert legend_texts(fig) == [f"{r} {v}" for r in ("opd", "rl") for v in ("top", "bottom", "top_rescaled")]
     assert fig.axes[0].get_xlabel() == "singular components kept (%)"
+    sp = studies[studies.study == "spectral_partition"]
+    by_rank = sp[sp.variant == "top"].assign(variant="top_rank_rescaled")  # the authors preset: a number kept
+    fig = P.spectral_partition(pd.concat([sp[sp.variant.str.startswith("reference")], by_rank]))
+    assert fig.axes[0].get_xlabel() == "singular components kept (number)"
 
 
 def test_norm_scaling_against_update_norm(studies):

@@ -5,6 +5,7 @@ Each test plants an input where the two conventions give different, hand-compute
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from helpers import compute, trajectory
@@ -234,6 +235,64 @@ def test_analyze_with_the_authors_preset_fills_unset_settings_and_records_the_pr
     # an explicit setting wins over the preset
     assert np.array_equal(got["authors"].xs("top1pct_ratio", level="metric"),
                           got["paper"].xs("top1pct_ratio", level="metric"))
+
+
+def _two_module_run(root):
+    """A run whose one checkpoint moves layer 0's matrices by a rank-1 update of norm 0.1 (σ₁/‖ΔW‖_F = 1) and layer
+    1's by a dense random one of norm 1 (σ₁/‖ΔW‖_F well below 1): the mean of ratios and the ratio of sums differ."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from opd_dynamics.synthetic import make_synthetic_runs
+
+    runs = make_synthetic_runs(root, steps=(1,), kinds=("opd",), layers=2, hidden=16)
+    ck = runs["opd"] / "checkpoint-1"
+    w = load_file(str(runs["base"] / "model.safetensors"))
+    gen = torch.Generator().manual_seed(0)
+    for name, t in w.items():
+        if t.ndim == 2 and ("self_attn" in name or "mlp" in name):
+            if ".layers.0." in name:
+                d = torch.outer(torch.randn(t.shape[0], generator=gen), torch.randn(t.shape[1], generator=gen))
+                w[name] = t + 0.1 * d / d.norm()
+            else:
+                d = torch.randn(t.shape, generator=gen)
+                w[name] = t + d / d.norm()
+    save_file(w, str(ck / "model.safetensors"))
+    shutil.copy(runs["base"] / "config.json", ck / "config.json")
+    return runs
+
+
+def test_cli_analyze_records_the_preset_and_show_uses_it(tmp_path):
+    """``analyze --preset authors`` prints Table 1 with σ₁/‖ΔW‖_F as a ratio of sums; ``show`` reads the preset back
+    from the manifest, and ``show --preset paper`` prints the mean of ratios."""
+    from test_cli import run
+
+    from opd_dynamics.summary import table1
+    from opd_dynamics.table import load
+
+    runs = _two_module_run(tmp_path / "runs")
+    out = tmp_path / "res"
+    r = run("analyze", runs["opd"], "--base", runs["base"], "-m", "spectral_ratio,frobenius", "--preset", "authors",
+            "-o", out, "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    df = load(out)
+
+    def printed(text):  # the spectral_ratio cell of the row of step 1
+        line = [ln for ln in text.splitlines() if ln.split()[:2] == ["opd", "1"]][0]
+        return float(line.split()[2].rstrip("%")) / 100
+
+    want = {p: float(table1(df, preset=p).set_index("step").loc[1, "spectral_ratio"]) for p in PRESETS}
+    assert want["paper"] - want["authors"] > 0.1  # the rank-1 modules weigh ½ in the mean, 1/11 in the ratio of sums
+    assert printed(r.stdout) == pytest.approx(want["authors"], abs=6e-4)
+    assert printed(run("show", out).stdout) == pytest.approx(want["authors"], abs=6e-4)
+    assert printed(run("show", out, "--preset", "paper").stdout) == pytest.approx(want["paper"], abs=6e-4)
+    from opd_dynamics.report import build_report  # the HTML report's Table 1 follows the recorded preset too
+
+    build_report([out], tmp_path / "report")
+    t1 = pd.read_csv(tmp_path / "report" / "tables" / "table1_final.csv")
+    assert float(t1["spectral_ratio"].iloc[0]) == pytest.approx(want["authors"], rel=1e-6)
+    assert "authors preset" in (tmp_path / "report" / "index.html").read_text()
 
 
 # --- spectral partition ------------------------------------------------------------------------------------------

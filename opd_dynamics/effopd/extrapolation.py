@@ -25,7 +25,7 @@ from typing import Callable
 import torch
 
 from ..errors import OPDError
-from ..naming import classify
+from ..naming import classify, is_body
 from ..patching import patched
 
 RULES = (">=", ">")
@@ -101,8 +101,7 @@ def extrapolated_names(names, *, include_bias: bool = False, params: str | None 
     out = []
     for n in names:
         kind, _layout = classify(n)
-        body = kind.startswith(("attn_", "mlp_"))
-        if body or (include_bias and kind == "bias" and any(s in n for s in ("attn", "mlp"))):
+        if is_body(kind) or (include_bias and kind == "bias" and any(s in n for s in ("attn", "mlp"))):
             out.append(n)
     return out
 

@@ -36,3 +36,41 @@ def step_speedup(plain: Curve, effopd: Curve, frac: float = 0.9) -> tuple[float,
     if math.isnan(sp) or math.isnan(se) or se == 0:
         return sp, se, math.nan
     return sp, se, sp / se
+
+
+def segment_cosines(weights: dict, names: Sequence[str] | None = None) -> dict[int, tuple[float, float]]:
+    """How straight the trajectory is at the scale EffOPD extrapolates: for each power of two t with t/2 and 2t in
+    ``weights`` (``{step: {name: array}}``, step 0 = W₀), the mean over ``names`` (default: all) of
+
+    - cos(Δ, Δ'), Δ = W_t − W_{t/2} the segment EffOPD extrapolates, Δ' = W_{2t} − W_t the one the run took next
+      (1: a straight line, where W_t + cΔ lies on the path; ≈ 0 for unrelated directions, ±√(2/(π·mn)) in
+      expectation for random ones);
+    - ‖Δ'‖ / ‖Δ‖ (the next segment covers twice the steps: 2 for a straight line at constant speed).
+
+    Computed in float64. Returns ``{t: (mean cosine, mean norm ratio)}``.
+
+    >>> import numpy as np
+    >>> line = {s: {"w": np.full((2, 2), float(s))} for s in (0, 1, 2, 4)}     # W_s = s·1: a straight line
+    >>> segment_cosines(line)
+    {1: (1.0, 1.0), 2: (1.0, 2.0)}
+    """
+    import numpy as np
+
+    steps = sorted(weights)
+    out = {}
+    for t in steps:
+        prev, nxt = (0 if t == 1 else t // 2), 2 * t
+        if t < 1 or t & (t - 1) or prev not in weights or nxt not in weights:
+            continue
+        cos, ratio = [], []
+        for n in names if names is not None else weights[t]:
+            d = np.asarray(weights[t][n], np.float64) - np.asarray(weights[prev][n], np.float64)
+            d2 = np.asarray(weights[nxt][n], np.float64) - np.asarray(weights[t][n], np.float64)
+            a, b = float(np.linalg.norm(d)), float(np.linalg.norm(d2))
+            if a == 0 or b == 0:
+                continue
+            cos.append(float((d * d2).sum()) / (a * b))
+            ratio.append(b / a)
+        if cos:
+            out[t] = (float(np.mean(cos)), float(np.mean(ratio)))
+    return out

@@ -24,8 +24,8 @@ def examples(ctx, split: str, limit: int | None) -> list:
     return exs
 
 
-def batches(items: list, batch_size: int, ctx, desc: str) -> Iterator[list]:
-    for i in tqdm(range(0, len(items), batch_size), desc=desc, disable=not ctx.progress, leave=False, unit="batch"):
+def batches(items: list, batch_size: int, progress: bool, desc: str) -> Iterator[list]:
+    for i in tqdm(range(0, len(items), batch_size), desc=desc, disable=not progress, leave=False, unit="batch"):
         yield items[i:i + batch_size]
 
 

@@ -50,11 +50,11 @@ def kl(ctx, reference: str = "teacher", direction: Literal["reverse", "forward"]
             import torch
             ref = _load(path, device)
             with torch.no_grad():
-                for batch in batches(pairs, batch_size, ctx, f"kl: {reference} log-probs"):
+                for batch in batches(pairs, batch_size, ctx.progress, f"kl: {reference} log-probs"):
                     cache.append(teacher_forced(ref, ctx.tokenizer, [p for p, _ in batch], [t for _, t in batch], special)[0])
             del ref
         total, count = 0.0, 0
-        for batch, logq in zip(batches(pairs, batch_size, ctx, "kl"), cache):
+        for batch, logq in zip(batches(pairs, batch_size, ctx.progress, "kl"), cache):
             logp, _, mask = teacher_forced(model, ctx.tokenizer, [p for p, _ in batch], [t for _, t in batch], special)
             a, b = (logp, logq) if direction == "reverse" else (logq, logp)
             per_token = (a.exp() * (a - b)).sum(-1)  # (B, R)

@@ -27,7 +27,7 @@ def loglik(ctx, split: Literal["train", "validation", "test"] = "test", limit: i
 
     def score(model) -> float:
         total, count, per_example = 0.0, 0, []
-        for batch in batches(pairs, batch_size, ctx, "loglik"):
+        for batch in batches(pairs, batch_size, ctx.progress, "loglik"):
             logp, tokens, mask = teacher_forced(model, ctx.tokenizer, [p for p, _ in batch], [t for _, t in batch], special)
             lp = logp.gather(-1, tokens[..., None]).squeeze(-1) * mask  # (B, R)
             total += float(lp.sum())

@@ -34,7 +34,7 @@ _LAZY = {
     "Rollout": "..generation", "generate": "..generation", "response_logits": "..generation",
     "gap_recovery": "..diagnostics", "token_diagnostics": "..diagnostics",
     "checkpoint_steps": ".checkpoints", "save_checkpoint": ".checkpoints", "save_model_dir": ".checkpoints",
-    "Evaluator": ".evaluation", "accuracy": ".evaluation",
+    "Evaluator": ".evaluation", "accuracy": ".evaluation", "greedy_accuracy": ".evaluation",
     "GRPOStep": ".grpo", "group_advantages": ".grpo", "grpo_loss": ".grpo",
     "StepHook": ".loop", "TrainConfig": ".loop", "train": ".loop",
     "ModelSpec": ".models", "build_model": ".models",
@@ -54,7 +54,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
     from ..task.rows import JsonlTask, RowsTask
     from .arms import ARMS, run_arm, torch_threads
     from .checkpoints import checkpoint_steps, save_checkpoint, save_model_dir
-    from .evaluation import Evaluator, accuracy
+    from .evaluation import Evaluator, accuracy, greedy_accuracy
     from .grpo import GRPOStep, group_advantages, grpo_loss
     from .loop import StepHook, TrainConfig, train
     from .models import ModelSpec, build_model

@@ -17,19 +17,19 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..diagnostics import K, token_diagnostics
+from ..evaluators.accuracy import verified_share
 from ..generation import generate, response_logits
 from ..task.protocol import Example, Task
 
 
-def accuracy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task,
-             examples: list[Example], batch_size: int = 256) -> float:
-    """Greedy-decoding accuracy under ``task.verify``."""
-    correct = 0
-    for i in range(0, len(examples), batch_size):
-        batch = examples[i:i + batch_size]
-        texts = generate(model, tokenizer, [ex.prompt for ex in batch], task.max_new_tokens, 0.0).texts
-        correct += sum(task.verify(t, ex.answer) for t, ex in zip(texts, batch))
-    return correct / max(len(examples), 1)
+def greedy_accuracy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task,
+                    examples: list[Example]) -> float:
+    """Share of ``examples`` whose greedy generation ``task.verify`` accepts: the ``accuracy`` evaluator's
+    :func:`~opd_dynamics.evaluators.accuracy.verified_share` with the lab's settings (no stop strings, batches of 256)."""
+    return verified_share(model, tokenizer, examples, task.verify, max_new_tokens=task.max_new_tokens, batch_size=256)
+
+
+accuracy = greedy_accuracy  # the name earlier versions exported from opd_dynamics.lab (docs/effopd.md, bench/)
 
 
 class Evaluator:
@@ -41,7 +41,7 @@ class Evaluator:
 
     @torch.no_grad()
     def __call__(self, model: PreTrainedModel) -> dict[str, float]:
-        logs = {"eval_accuracy": accuracy(model, self.tokenizer, self.task, self.examples)}
+        logs = {"eval_accuracy": greedy_accuracy(model, self.tokenizer, self.task, self.examples)}
         if self.teacher is not None and self.diagnostic_prompts > 0:
             prompts = [ex.prompt for ex in self.examples[:self.diagnostic_prompts]]
             rollout = generate(model, self.tokenizer, prompts, self.task.max_new_tokens, 1.0,

@@ -38,7 +38,7 @@ from ..task.addition import AdditionTask
 from .arms import ARMS, run_arm, torch_threads
 from .checkpoints import save_model_dir, torch_dtype
 from ..diagnostics import gap_recovery
-from .evaluation import Evaluator, accuracy
+from .evaluation import Evaluator, greedy_accuracy
 from .loop import TrainConfig, train
 from .models import build_model, load_model
 from .presets import Preset, get_preset
@@ -166,11 +166,11 @@ def _build(out: Path, preset: str, seed: int, dtype: str, progress: bool) -> Ref
         "key": full_key, "preset": preset, "seed": seed, "dtype": dtype, "task": task.name,
         "preset_fields": fields, "splits": {s: len(task.examples(s)) for s in ("train", "validation", "test")},
         "teacher": {"dir": "teacher", **teacher_meta, "params": sum(x.numel() for x in teacher.parameters()),
-                    "validation_accuracy": accuracy(teacher, tokenizer, task, val),
-                    "test_accuracy": accuracy(teacher, tokenizer, task, test)},
+                    "validation_accuracy": greedy_accuracy(teacher, tokenizer, task, val),
+                    "test_accuracy": greedy_accuracy(teacher, tokenizer, task, test)},
         "base": {"dir": "base", **base_meta, "params": sum(x.numel() for x in base.parameters()),
-                 "validation_accuracy": accuracy(base, tokenizer, task, val),
-                 "test_accuracy": accuracy(base, tokenizer, task, test)},
+                 "validation_accuracy": greedy_accuracy(base, tokenizer, task, val),
+                 "test_accuracy": greedy_accuracy(base, tokenizer, task, test)},
         "runs": {},
     }
     teacher_acc = summary["teacher"]["validation_accuracy"]
@@ -187,7 +187,7 @@ def _build(out: Path, preset: str, seed: int, dtype: str, progress: bool) -> Ref
         diag = [{k: h[k] for k in h if k not in ("loss", "learning_rate", "grad_norm")}
                 for h in history if "overlap_ratio" in h]
         summary["runs"][arm] = {"dir": f"runs/{arm}", "curve": _curve(history),
-                                "test_accuracy": accuracy(model, tokenizer, task, test),
+                                "test_accuracy": greedy_accuracy(model, tokenizer, task, test),
                                 "gap_recovery": _finite(gap_recovery(after, before, teacher_acc)),
                                 "diagnostics": diag}
     # CPU seconds beside wall seconds: on a shared machine the wall clock measures the neighbours too

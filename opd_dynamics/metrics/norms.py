@@ -6,26 +6,15 @@ from __future__ import annotations
 
 import math
 
-import torch
-
 from .. import linalg
 from .registry import metric
-
-
-def fro(x: torch.Tensor) -> float:
-    """‖x‖_F accumulated in float64, block by block (see :func:`opd_dynamics.linalg.frobenius`).
-
-    >>> fro(torch.tensor([[3., 4.]]))
-    5.0
-    """
-    return linalg.frobenius(x)
 
 
 @metric("frobenius", family="norms", matrix=False, bounds=(0, math.inf), label=r"$\|\Delta W\|_F$",
         paper="EffOPD App. B")
 def frobenius():
     """‖ΔW‖_F = sqrt(Σσᵢ²): the size of the update."""
-    return lambda view: view.delta_norm  # = fro(view.delta); from the factors' σ for LoRA, without forming ΔW
+    return lambda view: view.delta_norm  # from the factors' σ for LoRA, without forming ΔW
 
 
 @metric("relative_update", family="norms", matrix=False, bounds=(0, math.inf),
@@ -34,7 +23,7 @@ def relative_update():
     """‖ΔW‖_F / ‖W_ref‖_F: the update's size relative to the weights it starts from (NaN when W_ref = 0)."""
 
     def compute(view):
-        ref = view.cached(f"fro_ref@{view.ref_step}", lambda: fro(view.ref_raw))
-        return fro(view.delta) / ref if ref > 0 else math.nan
+        ref = view.cached(f"fro_ref@{view.ref_step}", lambda: linalg.frobenius(view.ref_raw))
+        return view.delta_norm / ref if ref > 0 else math.nan
 
     return compute

@@ -83,10 +83,6 @@ def hill_alpha_of(sigma: np.ndarray, k: int = 32, on: str = "sigma") -> float:
     return 1.0 + tail if on == "lambda" else tail
 
 
-def _frob(view) -> float:
-    return view.cached(f"fro_delta@{view.step}/{view.ref_step}", lambda: float(np.sqrt((view.spectrum.sigma_all ** 2).sum())))
-
-
 @metric("spectral_norm", family="spectrum", bounds=(0, math.inf), label=r"spectral norm $\sigma_1(\Delta W)$",
         paper="EffOPD Table 1")
 def spectral_norm():
@@ -100,7 +96,7 @@ def spectral_ratio():
     """σ₁ / ‖ΔW‖_F: how much of the update one direction carries."""
 
     def compute(view):
-        f = _frob(view)
+        f = view.spectrum.frobenius
         return float(view.spectrum.sigma_all[0]) / f if f > 0 else math.nan
 
     return compute
@@ -139,7 +135,7 @@ def stable_rank():
 
     def compute(view):
         s1 = float(view.spectrum.sigma_all[0]) if view.spectrum.sigma_all.size else 0.0
-        return _frob(view) ** 2 / s1 ** 2 if s1 > 0 else math.nan
+        return view.spectrum.frobenius ** 2 / s1 ** 2 if s1 > 0 else math.nan
 
     return compute
 

@@ -14,9 +14,6 @@ import pandas as pd
 from ._style import PlotDataError
 from ..frames import METRIC, STUDY, is_study_frame
 
-STUDY_NAMES = ("sliding_window", "norm_scaling", "embedding_revert", "spectral_partition", "early_rescale",
-               "subspace_projection")
-
 
 def _frame(df: pd.DataFrame, study: str, metric: str | None) -> pd.DataFrame:
     if is_study_frame(df):
