@@ -217,7 +217,10 @@ def plot(results: list[dict], df: pd.DataFrame, path: Path, note: str) -> None:
     import matplotlib.pyplot as plt
 
     regimes = [r for r in REGIMES if r in set(df.regime)]
-    fig, axes = plt.subplots(1, len(regimes) + 1, figsize=(4.6 * (len(regimes) + 1), 4.1))
+    ncol = 2
+    nrow = (len(regimes) + 2) // ncol
+    fig, grid = plt.subplots(nrow, ncol, figsize=(6.2 * ncol, 4.2 * nrow), squeeze=False)
+    axes = list(grid.ravel())
     colours = {None: "#0072B2", "paper": "#D55E00", "authors": "#009E73"}
     styles = ["-", "--", ":"]
     for ax, regime in zip(axes, regimes):
@@ -227,7 +230,9 @@ def plot(results: list[dict], df: pd.DataFrame, path: Path, note: str) -> None:
                 continue
             i = seeds.index(r["seed"])
             s, a = zip(*r["curve"])
-            ax.plot(s, a, color=colours[r["effopd"]], ls=styles[i % 3], marker="o", ms=2, lw=1.2,
+            plain = r["effopd"] is None   # drawn thick underneath: EffOPD runs that accept nothing lie on top of it
+            ax.plot(s, a, color=colours[r["effopd"]], ls=styles[i % 3], marker="o", ms=2, lw=3.2 if plain else 1.1,
+                    alpha=0.45 if plain else 1.0, zorder=1 if plain else 2,
                     label=f"{'plain OPD' if r['effopd'] is None else 'EffOPD ' + r['effopd']}, seed {r['seed']}")
             acc = dict(r["curve"])
             hits = [x["step"] for x in r["searches"] if x["accepted_k"] > 0 and x["step"] in acc]
@@ -236,24 +241,29 @@ def plot(results: list[dict], df: pd.DataFrame, path: Path, note: str) -> None:
         for T in REGIMES[regime]["horizons"][:-1]:
             ax.axvline(T, color="grey", ls=":", lw=1)
         ax.set_xscale("symlog", linthresh=1)
+        ax.set_xlim(0, REGIMES[regime]["run_steps"] * 1.05)
         ax.set_ylim(0, 1)
         ax.set_title(f"{regime}: lr {REGIMES[regime]['run_lr']:g}, {REGIMES[regime]['run_steps']} steps", fontsize=9)
         ax.set_xlabel("optimizer step (symlog); ★ accepted jump")
         ax.set_ylabel("validation accuracy (200 problems)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6, frameon=False, loc="lower right")
-    ax = axes[-1]
+    for extra in axes[len(regimes) + 1:]:
+        extra.axis("off")
+    ax = axes[len(regimes)]
     markers = {"paper": "o", "authors": "s"}
     groups = list(df.groupby(["regime", "T"], sort=False))
     for i, ((regime, T), sub) in enumerate(groups):
         for eff, g in sub.groupby("effopd"):
-            y = g["speedup90"].fillna(0.0) + (0.03 if eff == "authors" else -0.03)   # side by side where equal
+            y = g["speedup90"].fillna(0.5) * (1.04 if eff == "authors" else 0.96)   # side by side where equal
             ax.scatter(g["align@T/8"], y, marker=markers[eff], s=42, color=f"C{i}", edgecolor="black",
                        linewidth=0.4, label=f"{regime}, T={T}, {eff}")
         ax.axvline(sub.align_chance.iloc[0], color="grey", ls=":", lw=1)
     ax.axhline(1.0, color="grey", lw=0.8)
+    ax.set_yscale("log", base=2)
+    ax.set_ylim(0.4, 20)
     ax.set_xlabel("top-20 subspace similarity of ΔW at T/8 to ΔW_T\n(dotted: chance k/d)")
-    ax.set_ylabel("EffOPD step speedup to 90 % of plain's accuracy at T\n(0 = never reached)")
+    ax.set_ylabel("EffOPD step speedup to 90 % of plain's accuracy at T\n(log scale; 0.5 = never reached)")
     ax.set_title("early alignment vs measured speedup", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=5.5, frameon=False, ncol=1, loc="upper left")

@@ -14,7 +14,6 @@ from collections import Counter
 from contextlib import nullcontext
 from typing import TYPE_CHECKING, Sequence
 
-from . import provenance
 from .device import resolve_device
 from .errors import OPDError
 from .presets import check, metric_specs
@@ -104,6 +103,8 @@ def _storage(storage: StorageConfig | dict | None) -> StorageConfig | None:
 
 def manifest(runs: list[Run], specs: list[Spec], **settings) -> dict:
     """Provenance written beside the table: inputs, versions, metric specs and settings."""
+    from . import provenance
+
     def dtypes(ck):
         return dict(Counter(str(ck.dtype(k)).replace("torch.", "") for k in ck.keys()))
 
@@ -186,6 +187,7 @@ def analyze(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] | 
                          ds_weights=ds_weights)
         memo = None
         if out is not None:
+            from . import provenance
             from .cache import CACHE_DIR, Memo
 
             version = provenance.package_version("opd-dynamics", "unknown")

@@ -140,6 +140,10 @@ def test_import_opd_dynamics_and_help_load_no_heavy_library():
     """``import opd_dynamics`` and ``opd-dynamics --help`` stay cheap: no torch, pandas, matplotlib, transformers."""
     loaded = _loaded_after("import opd_dynamics, types; assert isinstance(opd_dynamics.analyze, types.FunctionType)")
     assert [m for m in HEAVY if m in loaded] == []
+    # analyze.py is imported eagerly: what it imports at module level is paid by every `import opd_dynamics`
+    ours = sorted(m for m in loaded if m.startswith("opd_dynamics"))
+    assert ours == ["opd_dynamics", "opd_dynamics.analyze", "opd_dynamics.device", "opd_dynamics.errors",
+                    "opd_dynamics.presets"], ours
     probe = ("import sys, atexit\n"
              f"atexit.register(lambda: print('LOADED', [m for m in {HEAVY!r} if m in sys.modules]))\n"
              "sys.argv = ['opd-dynamics', '--help']\n"

@@ -382,3 +382,39 @@ def test_every_row_of_docs_fidelity_names_a_test_that_exists():
                 tree = ast.parse((root / current).read_text())
                 defined[current] = {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
             assert (name or more) in defined[current], (current, name or more)
+
+
+def test_token_diagnostics_callback_passes_the_preset_on():
+    from opd_dynamics.callbacks.tokens import TokenDiagnosticsCallback
+    from opd_dynamics.diagnostics import token_diagnostics
+    from opd_dynamics.synthetic import tiny_llama
+
+    student, teacher = tiny_llama(seed=1).eval(), tiny_llama(seed=2).eval()
+    ids = torch.randint(0, 64, (2, 6), generator=torch.Generator().manual_seed(0))
+    probe = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    with torch.no_grad():
+        s, t = student(input_ids=ids).logits, teacher(input_ids=ids).logits
+    for preset in PRESETS:
+        got = TokenDiagnosticsCallback(probe, teacher=teacher, preset=preset).measure(student, 1)
+        want = token_diagnostics(s, t, torch.ones_like(ids), preset=preset)
+        assert got["tokens/overlap_advantage"] == pytest.approx(want["overlap_advantage"], rel=1e-9)
+    paper, authors = (token_diagnostics(s, t, torch.ones_like(ids), preset=p)["overlap_advantage"] for p in PRESETS)
+    assert abs(paper - authors) > 1e-4
+    with pytest.raises(OPDError, match="unknown"):
+        TokenDiagnosticsCallback(probe, teacher=teacher, preset="thunlp")
+
+
+def test_reference_trainer_evaluator_passes_the_preset_on():
+    from opd_dynamics.lab.evaluation import Evaluator
+    from opd_dynamics.lab.models import ModelSpec, build_model
+    from opd_dynamics.lab.reference import make_task
+    from opd_dynamics.lab.tokenizer import char_tokenizer
+
+    tok, task = char_tokenizer(), make_task("tiny")
+    spec = ModelSpec(hidden=16, layers=1, heads=2, intermediate=32, max_positions=64, tie_embeddings=False)
+    student, teacher = build_model(spec, tok, seed=0).eval(), build_model(spec, tok, seed=1).eval()
+    examples = task.examples("validation")[:2]
+    logs = {p: Evaluator(tok, task, examples, teacher=teacher, diagnostic_prompts=2, preset=p)(student)
+            for p in PRESETS}
+    assert logs["paper"]["overlap_ratio"] == pytest.approx(logs["authors"]["overlap_ratio"], rel=1e-12)
+    assert abs(logs["paper"]["overlap_advantage"] - logs["authors"]["overlap_advantage"]) > 1e-6

@@ -5,7 +5,8 @@
 - ``eval_accuracy``: share of ``examples`` whose greedy generation the task's verifier accepts;
 - with a ``teacher``: the Rethinking-OPD (arXiv 2604.13016) token diagnostics (:mod:`.diagnostics`) on student rollouts — one
   sampled response (temperature 1) to each of the first ``diagnostic_prompts`` examples, scored by
-  both models at the student-visited prefixes.
+  both models at the student-visited prefixes (``preset="authors"``: thunlp/OPD's overlap mass and overlap
+  advantage, docs/fidelity.md).
 
 The rollouts use their own generator, re-seeded on every call, so evaluating never changes what
 training samples next, and two evaluations of the same weights give the same numbers.
@@ -35,9 +36,11 @@ accuracy = greedy_accuracy  # the name earlier versions exported from opd_dynami
 class Evaluator:
     def __init__(self, tokenizer: PreTrainedTokenizerBase, task: Task, examples: list[Example],
                  teacher: PreTrainedModel | None = None, diagnostic_prompts: int = 64, k: int = K,
-                 seed: int = 0):
+                 seed: int = 0, preset: str | None = None):
+        from ..presets import check
+
         self.tokenizer, self.task, self.examples, self.teacher = tokenizer, task, examples, teacher
-        self.diagnostic_prompts, self.k, self.seed = diagnostic_prompts, k, seed
+        self.diagnostic_prompts, self.k, self.seed, self.preset = diagnostic_prompts, k, seed, check(preset)
 
     @torch.no_grad()
     def __call__(self, model: PreTrainedModel) -> dict[str, float]:
@@ -48,5 +51,5 @@ class Evaluator:
                                torch.Generator().manual_seed(self.seed))
             logs.update(token_diagnostics(response_logits(model, rollout),
                                           response_logits(self.teacher, rollout),
-                                          rollout.response_mask, k=self.k))
+                                          rollout.response_mask, k=self.k, preset=self.preset))
         return logs

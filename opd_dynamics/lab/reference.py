@@ -22,6 +22,7 @@ the same call on the same machine gives the same checkpoint tensors, bit for bit
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -113,84 +114,96 @@ def build_reference_runs(out_dir: str | Path, preset: str = "default", seed: int
         return _build(Path(out_dir), preset, seed, dtype, progress)
 
 
+def _keys(p: Preset, seed: int, dtype: str) -> dict[str, str]:
+    """Cache keys of the teacher, of W₀ and of the whole result. Each holds only what shapes its model, so changing
+    the arms' settings keeps teacher and W₀."""
+    fields = dataclasses.asdict(p)
+    shared = {k: fields[k] for k in ("digits", "n_train", "n_eval", "pretrain_batch", "pretrain_lr",
+                                     "pretrain_eval_every")}
+    return {"teacher": _key(shared=shared, spec=fields["teacher"], steps=p.teacher_steps, target=p.teacher_target,
+                            seed=seed, part="teacher"),
+            "base": _key(shared=shared, spec=fields["student"], steps=p.base_steps, target=p.base_target,
+                         seed=seed, dtype=dtype, part="base"),
+            "all": _key(preset=fields, seed=seed, dtype=dtype, part="all")}
+
+
+@contextlib.contextmanager
+def _timed(name: str, wall: dict[str, float], cpu: dict[str, float]):
+    """Wall and CPU seconds of the block (on a shared machine the wall clock measures the neighbours too)."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    yield
+    wall[name], cpu[name] = time.perf_counter() - t0, time.process_time() - c0
+
+
+def _cached_model(folder: Path, key: str, pretrain, tokenizer, dtype: str) -> tuple[PreTrainedModel, dict]:
+    """The model saved in ``folder`` when its key matches, else ``pretrain()`` rounded once to ``dtype`` (so runs start
+    exactly from what the folder holds) and saved there; with its ``lab.json`` metadata."""
+    meta = _read_meta(folder)
+    if meta and meta["key"] == key:
+        return load_model(folder), meta
+    model, hist = pretrain()
+    if dtype != "float32":
+        model = model.to(torch_dtype(dtype)).to(torch.float32)
+    meta = {"key": key, "train_steps": hist[-1]["step"], "curve": _curve(hist)}
+    save_model_dir(model, tokenizer, folder, dtype, extra={"lab.json": meta})
+    return model, meta
+
+
+def _scored(name: str, model, meta: dict, tokenizer, task) -> dict:
+    """The summary entry of the teacher or W₀: its metadata, size and greedy accuracy on validation and test."""
+    return {"dir": name, **meta, "params": sum(x.numel() for x in model.parameters()),
+            "validation_accuracy": greedy_accuracy(model, tokenizer, task, task.examples("validation")),
+            "test_accuracy": greedy_accuracy(model, tokenizer, task, task.examples("test"))}
+
+
+def _arm(arm: str, run_dir: Path, base, teacher, tokenizer, task, p: Preset, seed: int, dtype: str,
+         teacher_acc: float, progress: bool) -> dict:
+    """Train one arm from W₀ into ``run_dir`` (written beside it, renamed when complete); its summary entry."""
+    tmp = run_dir.with_name(run_dir.name + ".tmp")
+    for d in (tmp, run_dir):
+        shutil.rmtree(d, ignore_errors=True)
+    model, history = run_arm(arm, base, teacher, tokenizer, task, p, tmp, seed, dtype, progress=progress, threads=None)
+    tmp.rename(run_dir)
+    before, after = history[0]["eval_accuracy"], history[-1]["eval_accuracy"]
+    diag = [{k: h[k] for k in h if k not in ("loss", "learning_rate", "grad_norm")}
+            for h in history if "overlap_ratio" in h]
+    return {"dir": f"runs/{arm}", "curve": _curve(history),
+            "test_accuracy": greedy_accuracy(model, tokenizer, task, task.examples("test")),
+            "gap_recovery": _finite(gap_recovery(after, before, teacher_acc)), "diagnostics": diag}
+
+
 def _build(out: Path, preset: str, seed: int, dtype: str, progress: bool) -> ReferenceRuns:
     p = get_preset(preset)
     torch_dtype(dtype)  # fail before any training on a bad dtype
-    fields = dataclasses.asdict(p)
-    # each key holds only what shapes its model, so changing the arms' settings keeps teacher and W0
-    shared = {k: fields[k] for k in ("digits", "n_train", "n_eval", "pretrain_batch", "pretrain_lr",
-                                     "pretrain_eval_every")}
-    teacher_key = _key(shared=shared, spec=fields["teacher"], steps=p.teacher_steps, target=p.teacher_target,
-                       seed=seed, part="teacher")
-    base_key = _key(shared=shared, spec=fields["student"], steps=p.base_steps, target=p.base_target,
-                    seed=seed, dtype=dtype, part="base")
-    full_key = _key(preset=fields, seed=seed, dtype=dtype, part="all")
+    keys = _keys(p, seed, dtype)
     runs = {arm: out / "runs" / arm for arm in ARMS}
     summary_path = out / "summary.json"
     if summary_path.exists() and all(r.exists() for r in runs.values()):
         summary = json.loads(summary_path.read_text())
-        if summary.get("key") == full_key:
+        if summary.get("key") == keys["all"]:
             return _result(out, runs, summary, preset, seed, dtype)
 
     task, tokenizer = make_task(p, seed), char_tokenizer()
     wall: dict[str, float] = {}
     cpu: dict[str, float] = {}
-    t0, c0 = time.perf_counter(), time.process_time()
-    teacher_dir, base_dir = out / "teacher", out / "base"
-    meta = _read_meta(teacher_dir)
-    if meta and meta["key"] == teacher_key:
-        teacher, teacher_meta = load_model(teacher_dir), meta
-    else:
-        teacher, hist = _pretrain(p.teacher, tokenizer, task, p, p.teacher_steps, p.teacher_target, seed,
-                                  "teacher", progress)
-        teacher_meta = {"key": teacher_key, "train_steps": hist[-1]["step"], "curve": _curve(hist)}
-        save_model_dir(teacher, tokenizer, teacher_dir, "float32", extra={"lab.json": teacher_meta})
-    teacher.eval()
-    wall["teacher"], cpu["teacher"] = time.perf_counter() - t0, time.process_time() - c0
-
-    t0, c0 = time.perf_counter(), time.process_time()
-    meta = _read_meta(base_dir)
-    if meta and meta["key"] == base_key:
-        base, base_meta = load_model(base_dir), meta
-    else:
-        base, hist = _pretrain(p.student, tokenizer, task, p, p.base_steps, p.base_target, seed + 1,
-                               "base W0", progress)
-        # a bf16 base is rounded once here, so runs start exactly from what base/ holds
-        base = base.to(torch_dtype(dtype)).to(torch.float32)
-        base_meta = {"key": base_key, "train_steps": hist[-1]["step"], "curve": _curve(hist)}
-        save_model_dir(base, tokenizer, base_dir, dtype, extra={"lab.json": base_meta})
-    wall["base"], cpu["base"] = time.perf_counter() - t0, time.process_time() - c0
-
-    test, val = task.examples("test"), task.examples("validation")
-    summary = {
-        "key": full_key, "preset": preset, "seed": seed, "dtype": dtype, "task": task.name,
-        "preset_fields": fields, "splits": {s: len(task.examples(s)) for s in ("train", "validation", "test")},
-        "teacher": {"dir": "teacher", **teacher_meta, "params": sum(x.numel() for x in teacher.parameters()),
-                    "validation_accuracy": greedy_accuracy(teacher, tokenizer, task, val),
-                    "test_accuracy": greedy_accuracy(teacher, tokenizer, task, test)},
-        "base": {"dir": "base", **base_meta, "params": sum(x.numel() for x in base.parameters()),
-                 "validation_accuracy": greedy_accuracy(base, tokenizer, task, val),
-                 "test_accuracy": greedy_accuracy(base, tokenizer, task, test)},
-        "runs": {},
-    }
-    teacher_acc = summary["teacher"]["validation_accuracy"]
+    with _timed("teacher", wall, cpu):
+        teacher, teacher_meta = _cached_model(out / "teacher", keys["teacher"], lambda: _pretrain(
+            p.teacher, tokenizer, task, p, p.teacher_steps, p.teacher_target, seed, "teacher", progress),
+            tokenizer, "float32")
+        teacher.eval()
+    with _timed("base", wall, cpu):
+        base, base_meta = _cached_model(out / "base", keys["base"], lambda: _pretrain(
+            p.student, tokenizer, task, p, p.base_steps, p.base_target, seed + 1, "base W0", progress),
+            tokenizer, dtype)
+    summary = {"key": keys["all"], "preset": preset, "seed": seed, "dtype": dtype, "task": task.name,
+               "preset_fields": dataclasses.asdict(p),
+               "splits": {s: len(task.examples(s)) for s in ("train", "validation", "test")},
+               "teacher": _scored("teacher", teacher, teacher_meta, tokenizer, task),
+               "base": _scored("base", base, base_meta, tokenizer, task), "runs": {}}
     for arm, run_dir in runs.items():
-        t0, c0 = time.perf_counter(), time.process_time()
-        tmp = run_dir.with_name(run_dir.name + ".tmp")
-        for d in (tmp, run_dir):
-            shutil.rmtree(d, ignore_errors=True)
-        model, history = run_arm(arm, base, teacher, tokenizer, task, p, tmp, seed, dtype,
-                                 progress=progress, threads=None)
-        tmp.rename(run_dir)
-        wall[arm], cpu[arm] = time.perf_counter() - t0, time.process_time() - c0
-        before, after = history[0]["eval_accuracy"], history[-1]["eval_accuracy"]
-        diag = [{k: h[k] for k in h if k not in ("loss", "learning_rate", "grad_norm")}
-                for h in history if "overlap_ratio" in h]
-        summary["runs"][arm] = {"dir": f"runs/{arm}", "curve": _curve(history),
-                                "test_accuracy": greedy_accuracy(model, tokenizer, task, test),
-                                "gap_recovery": _finite(gap_recovery(after, before, teacher_acc)),
-                                "diagnostics": diag}
-    # CPU seconds beside wall seconds: on a shared machine the wall clock measures the neighbours too
+        with _timed(arm, wall, cpu):
+            summary["runs"][arm] = _arm(arm, run_dir, base, teacher, tokenizer, task, p, seed, dtype,
+                                        summary["teacher"]["validation_accuracy"], progress)
     for name, times in (("wall_seconds", wall), ("cpu_seconds", cpu)):
         summary[name] = {**{k: round(v, 1) for k, v in times.items()}, "total": round(sum(times.values()), 1)}
     tmp = summary_path.with_name("summary.json.tmp")
