@@ -184,14 +184,25 @@ def demo(out: Annotated[Path, typer.Argument(help="Where to write the runs, resu
          small: Annotated[bool, typer.Option("--small", help="Same as --preset small.")] = False,
          seed: Annotated[int, typer.Option(help="Seed of the task, the models and the runs.")] = 0,
          report: Annotated[bool, typer.Option(help="Also write the HTML report (out/report/index.html).")] = True,
+         portable: Annotated[bool, typer.Option(
+             "--portable-kernels/--native-kernels",
+             help="One CPU kernel path on every x86-64 machine, so the printed numbers match the README "
+                  "(--native-kernels: faster, differs between CPUs).")] = True,
          quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False) -> None:
     """Train the built-in reference runs (teacher, W0, OPD / RL / SFT), analyse them and print the comparison."""
-    from opd_dynamics.demo import run_demo
+    import os
+    import subprocess
+
+    from opd_dynamics.demo import PORTABLE_ENV, portable_kernels, run_demo
     from opd_dynamics.lab.presets import PRESETS
 
     preset = "small" if small else preset
     if preset not in PRESETS:
         raise OPDError(f"--preset {preset!r} unknown", hint=f"use one of {', '.join(PRESETS)}")
+    if portable and not portable_kernels():  # torch reads these when it starts: run the demo in a child that has them
+        argv = [sys.executable, "-m", "opd_dynamics_cli.app", "demo", str(out), "--preset", preset, "--seed", str(seed),
+                "--report" if report else "--no-report", *(["-q"] if quiet else [])]
+        raise typer.Exit(subprocess.run(argv, env={**os.environ, **PORTABLE_ENV}).returncode)
     run_demo(out, preset=preset, seed=seed, report=report, progress=not quiet, echo=typer.echo)
 
 

@@ -3,10 +3,18 @@
 What the README's first command runs. ``preset="default"`` takes a few minutes on 2 CPU cores (teacher and W₀
 are cached under ``out/lab`` so a second call reuses them); ``small`` about a minute; ``tiny`` seconds (its
 models learn little: for tests).
+
+**The same numbers on every machine.** Training is chaotic: the last bits of a matmul decide which token a rollout
+samples, and a thousand sampled steps later the accuracies differ by tens of points. Those bits depend on the CPU,
+because torch picks its kernels by instruction set (ATen's AVX2 / AVX-512 kernels, MKL's per-CPU code paths). The
+CLI's ``opd-dynamics demo`` therefore runs in a child process with :data:`PORTABLE_ENV`, one kernel path for every
+x86-64 CPU (``--native-kernels`` opts out: faster, machine-dependent). ``run_demo`` itself uses whatever the process
+was started with and prints which (docs/reference-runs.md#reproducibility).
 """
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Callable
 
@@ -17,6 +25,14 @@ from .summary import format_table, table1
 DEMO_METRICS = DEFAULT_METRICS + ("subspace_locking", "sparsity_bf16", "principal_angles", "spectral_shift",
                                   "low_magnitude_overlap")
 ARMS = ("opd", "rl", "sft")
+#: Environment that pins torch's CPU kernels to one path on every x86-64 machine: ATen's scalar kernels and MKL's
+#: conditional-numerical-reproducibility mode. Both are read when torch starts, so they are set for a new process.
+PORTABLE_ENV = {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE"}
+
+
+def portable_kernels() -> bool:
+    """Whether this process runs with :data:`PORTABLE_ENV` (set before torch started)."""
+    return all(os.environ.get(k) == v for k, v in PORTABLE_ENV.items())
 
 
 def _pct(v: float) -> str:
@@ -37,7 +53,9 @@ def run_demo(out: str | Path = "demo-out", *, preset: str = "default", seed: int
     df = analyze([refs.runs[a] for a in ARMS], base=refs.base, metrics=list(DEMO_METRICS), out=out / "results",
                  progress=progress)
     summary = json.loads(refs.summary.read_text())
-    echo(f"Reference runs ({preset} preset, seed {seed}): validation accuracy")
+    kernels = ("portable (ATEN_CPU_CAPABILITY=default, MKL_CBWR=COMPATIBLE)" if portable_kernels() else
+               "native (this CPU's instruction set: numbers differ between machines)")
+    echo(f"Reference runs ({preset} preset, seed {seed}; CPU kernels: {kernels}): validation accuracy")
     echo(f"  teacher {refs.accuracy['teacher']:.3f}   W0 {refs.accuracy['base']:.3f}   " + "   ".join(
         f"{a.upper()} {refs.accuracy[a]:.3f}" for a in ARMS))
     gaps = {a: g for a, g in refs.gap_recovery.items() if g is not None}

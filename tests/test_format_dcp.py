@@ -15,6 +15,8 @@ from opd_dynamics.io.formats.dcp_index import DcpIndex
 
 LAYOUTS = ("torchtitan", "torchtitan-nested", "accelerate")
 
+pytestmark = pytest.mark.slow  # dcp_writers spawns a 2-rank torch.distributed writer per layout
+
 
 @pytest.fixture(scope="session")
 def dcp_runs(tmp_path_factory):

@@ -232,6 +232,7 @@ def outcomes(synthetic_runs, results, tmp_path_factory):
         return {name: (fut.result(), *prepared[name][1:]) for name, fut in done.items()}
 
 
+@pytest.mark.slow  # every case is a CLI process of its own (tests/test_cli.py keeps a fast sample)
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_user_error_is_one_line_and_touches_nothing(case, outcomes):
     r, out, expect, before = outcomes[case]
