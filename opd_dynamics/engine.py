@@ -36,6 +36,9 @@ from .naming import Part, parts
 from .select import Selector
 from .view import ModuleView
 
+#: metric families whose metrics read the ΔW spectrum (so its Gram is formed for every matrix view)
+SPECTRAL_FAMILIES = ("spectrum", "direction")
+
 Row = tuple  # (run, step, ref_step, module, layer, expert, kind, metric, value)
 
 
@@ -227,6 +230,8 @@ def stream(plans: list[TensorPlan], job: Job, *, memo=None, on_read: Callable[[i
     limit_heap_growth()
     metrics = built(job.specs)
     keep_after = any(info.needs_after for _, info, _ in metrics)
+    # ‖ΔW‖_F (and the NaN check) from the Gram's trace when a spectral metric forms that Gram anyway
+    gram_norm = any(info.family in SPECTRAL_FAMILIES for _, info, _ in metrics)
     schedule = [(p, *todo_of(p, job, memo)) for p in plans]
     rows: list[Row] = []
     tick = on_read or (lambda n: None)
@@ -245,7 +250,7 @@ def stream(plans: list[TensorPlan], job: Job, *, memo=None, on_read: Callable[[i
             if memo is not None:
                 states.update(memo.states(p, refs, todo))
             work = _TensorWork(p, base, metrics, states, {part.name: {} for part in p.parts}, keep_after,
-                               spectrum_method, nonfinite, memo)
+                               spectrum_method, nonfinite, memo, gram_norm)
             held: dict[int, object] = {}  # the raw tensors a later step is measured against
             for s in order:
                 raw = next(reader)
@@ -347,13 +352,14 @@ class _TensorWork:
     method: str
     nonfinite: str
     memo: object = None
+    gram_norm: bool = False
 
     def view(self, part: Part, step: int, ref_step: int, raw, ref_raw, want=None) -> list[Row]:
         """Rows of every metric (those in ``want``, when given) on one part at one step; trajectory states kept."""
         p, base, memo = self.p, self.base, self.memo
         delta, ref_part, after = _update(raw, ref_raw, ref_step, base, part, self.keep_after)
         view = ModuleView(p.run.name, part, step, ref_step, delta, ref_part, after, self.method, self.cache[part.name],
-                          base_fn=lambda: _part(base.get(), part))
+                          base_fn=lambda: _part(base.get(), part), norm_from_gram=self.gram_norm)
         finite = (view.factored is None or _finite(view.factored)) and math.isfinite(view.delta_norm)
         if not finite:
             bad = p.run.steps[step] if not _finite(raw) else (

@@ -37,6 +37,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .engine import Job, Row, TensorPlan, built, finalize, stream, todo_of
+from .machine import blas_threads, set_blas_threads  # noqa: F401  (re-exported)
 from .errors import OPDError
 
 KINDS = ("local", "processes", "ray")
@@ -86,48 +87,11 @@ def compute_threads(n: int) -> Iterator[None]:
             set_blas_threads(blas)
 
 
-def _openblas():
-    """numpy's bundled OpenBLAS (the CPU float64 Gram/eigh backend on some machines), or None."""
-    import ctypes
-    import glob
-
-    import numpy as np
-
-    libs = os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs")
-    for path in sorted(glob.glob(os.path.join(libs, "*openblas*"))):
-        try:
-            return ctypes.CDLL(path)  # already loaded by numpy: this is the same handle
-        except OSError:
-            continue
-    return None
-
-
 def limit_threads(n: int) -> None:
     """Cap this process's compute threads at ``n``: torch's intra-op pool and numpy's OpenBLAS pool (which does not
     follow ``torch.set_num_threads``; without this each worker would run one BLAS thread per CPU)."""
     torch.set_num_threads(n)
     set_blas_threads(n)
-
-
-def set_blas_threads(n: int) -> bool:
-    """Set the threads of numpy's OpenBLAS pool; False when it cannot be set (another BLAS, or none found)."""
-    lib = _openblas()
-    for name in ("scipy_openblas_set_num_threads64_", "openblas_set_num_threads64_", "openblas_set_num_threads"):
-        fn = getattr(lib, name, None) if lib is not None else None
-        if fn is not None:
-            fn(int(n))
-            return True
-    return False
-
-
-def blas_threads() -> int | None:
-    """Threads of numpy's OpenBLAS pool (None when it cannot be asked)."""
-    lib = _openblas()
-    for name in ("scipy_openblas_get_num_threads64_", "openblas_get_num_threads64_", "openblas_get_num_threads"):
-        fn = getattr(lib, name, None) if lib is not None else None
-        if fn is not None:
-            return int(fn())
-    return None
 
 
 @dataclass(frozen=True)

@@ -187,15 +187,20 @@ def gram_top_vectors(g: torch.Tensor, k: int, *, oversample: int = 10, n_iter: i
         lam, vec = _eigh(g, backend)
         return vec[:, -k:].flip(1), lam[-k:].flip(0).clamp_min(0).sqrt()
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    q = _orth(torch.randn(s, width, generator=gen, dtype=torch.float64).to(g.device), backend)
+    q0 = torch.randn(s, width, generator=gen, dtype=torch.float64).to(g.device)
     if _use_numpy(g, backend):
-        gn, qn = g.numpy(), q.numpy()
-        for _ in range(n_iter):
-            qn = np.linalg.qr(gn @ qn)[0]
-        q = torch.from_numpy(qn)
-    else:
-        for _ in range(n_iter):
-            q = _orth(g @ q)
+        from .machine import single_blas_thread
+
+        with single_blas_thread():  # small products and QRs: one thread is faster than two (machine.py)
+            gn, qn = g.numpy(), np.linalg.qr(q0.numpy())[0]
+            for _ in range(n_iter):
+                qn = np.linalg.qr(gn @ qn)[0]
+            lam, w = np.linalg.eigh(qn.T @ gn @ qn)
+            vec = np.ascontiguousarray(qn @ w[:, -k:][:, ::-1])
+        return torch.from_numpy(vec), torch.from_numpy(lam[-k:][::-1].copy()).clamp_min(0).sqrt()
+    q = _orth(q0, backend)
+    for _ in range(n_iter):
+        q = _orth(g @ q)
     lam, w = _eigh(q.T @ g @ q, backend)
     vec = q @ w[:, -k:].flip(1)
     return vec, lam[-k:].flip(0).clamp_min(0).sqrt()

@@ -17,6 +17,7 @@ True
 from __future__ import annotations
 
 import functools
+from contextlib import contextmanager
 import json
 import os
 import platform
@@ -171,3 +172,60 @@ def blas_backend() -> str:
             raise OPDError(f"OPD_DYNAMICS_BLAS={forced!r} not understood", hint="use torch, numpy or auto")
         return forced
     return _chosen(_key())
+
+
+@functools.lru_cache(maxsize=1)
+def _openblas():
+    """numpy's bundled OpenBLAS (the CPU float64 Gram/eigh backend on some machines), or None."""
+    import ctypes
+    import glob
+
+    import numpy as np
+
+    libs = os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs")
+    for path in sorted(glob.glob(os.path.join(libs, "*openblas*"))):
+        try:
+            return ctypes.CDLL(path)  # already loaded by numpy: this is the same handle
+        except OSError:
+            continue
+    return None
+
+
+def set_blas_threads(n: int) -> bool:
+    """Set the threads of numpy's OpenBLAS pool; False when it cannot be set (another BLAS, or none found)."""
+    lib = _openblas()
+    for name in ("scipy_openblas_set_num_threads64_", "openblas_set_num_threads64_", "openblas_set_num_threads"):
+        fn = getattr(lib, name, None) if lib is not None else None
+        if fn is not None:
+            fn(int(n))
+            return True
+    return False
+
+
+def blas_threads() -> int | None:
+    """Threads of numpy's OpenBLAS pool (None when it cannot be asked)."""
+    lib = _openblas()
+    for name in ("scipy_openblas_get_num_threads64_", "openblas_get_num_threads64_", "openblas_get_num_threads"):
+        fn = getattr(lib, name, None) if lib is not None else None
+        if fn is not None:
+            return int(fn())
+    return None
+
+
+@contextmanager
+def single_blas_thread():
+    """Run a block of small numpy BLAS/LAPACK calls on one OpenBLAS thread, then restore the pool's size.
+
+    Why: the subspace iteration for the top-k vectors is 8 rounds of (896×896)·(896×42) products and QRs of
+    896×42 blocks; on two threads OpenBLAS spends more time handing them out than computing (48 ms against 27 ms
+    on one thread, AMD EPYC; docs/performance.md), while the large Gram and ``eigvalsh`` around it do gain from two.
+    """
+    before = blas_threads()
+    if before is None or before <= 1:
+        yield
+        return
+    set_blas_threads(1)
+    try:
+        yield
+    finally:
+        set_blas_threads(before)

@@ -67,6 +67,12 @@ class Spectrum:
         return float(np.sqrt((self.sigma_all ** 2).sum()))
 
     @cached_property
+    def gram_frobenius(self) -> float:
+        """‖X‖_F = sqrt(trace(G)) of the float64 Gram: the same float64 sum of squares as
+        :func:`opd_dynamics.linalg.frobenius`, free once the Gram exists (no third pass over X)."""
+        return float(torch.diagonal(self._gram[0]).sum().sqrt())
+
+    @cached_property
     def rank(self) -> int:
         """Numerical rank r: count of σᵢ > σ₁·max(m, n)·ε₃₂ (docs/metrics.md)."""
         return linalg.numerical_rank(self.sigma_all, self.shape)
@@ -124,6 +130,7 @@ class ModuleView:
     module_cache: dict[str, Any] = field(default_factory=dict)
     base_fn: Callable[[], torch.Tensor] | None = None
     step_cache: dict[str, Any] = field(default_factory=dict)
+    norm_from_gram: bool = False  # the engine sets it when a spectral metric will form the Gram anyway
     factored: linalg.Factored | None = field(default=None, init=False)
 
     def __post_init__(self):
@@ -151,6 +158,8 @@ class ModuleView:
         forming ΔW). Every ‖ΔW‖_F of a metric is this one."""
         if self.factored is not None:
             return self.spectrum.frobenius
+        if self.norm_from_gram and self.spectrum_method == "gram" and self.delta.ndim == 2:
+            return self.spectrum.gram_frobenius
         return linalg.frobenius(self.delta)
 
     @property

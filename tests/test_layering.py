@@ -150,3 +150,12 @@ def test_import_opd_dynamics_and_help_load_no_heavy_library():
              "from opd_dynamics_cli.app import main\nmain()\n")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT)
     assert "Usage" in out.stdout and "LOADED []" in out.stdout, out.stdout[-500:] + out.stderr[-2000:]
+
+
+def test_an_analysis_loads_only_what_it_uses(synthetic_runs):
+    """``analyze`` needs torch, numpy, safetensors and pandas; scipy (a metric's MP median), matplotlib and
+    transformers stay out of an analysis with the default metrics (each costs start-up time and ~40 MB of RSS)."""
+    opd, base = synthetic_runs["opd"], synthetic_runs["base"]
+    loaded = _loaded_after(f"import opd_dynamics\nopd_dynamics.analyze([{str(opd)!r}], base={str(base)!r}, "
+                           "progress=False, cache=False)")
+    assert [m for m in ("scipy", "matplotlib", "transformers", "sklearn") if m in loaded] == []

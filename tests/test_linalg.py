@@ -1,6 +1,8 @@
 """Every decomposition path in opd_dynamics.linalg against float64 numpy/scipy, with the tolerances linalg states."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import scipy.linalg
@@ -178,3 +180,22 @@ def test_chosen_path_accuracy_per_shape_class(cls):
     other = linalg.other_side(t, vec, sig, side)
     left, right = (other, vec) if side == "right" else (vec, other)
     assert _max_angle(left.numpy(), u[:, :5]) < 1e-8 and _max_angle(right.numpy(), v[:, :5]) < 1e-8
+
+
+@pytest.mark.parametrize("shape", [(300, 40), (40, 300)])
+def test_frobenius_from_the_gram_trace_matches_the_direct_float64_sum(shape):
+    """The engine takes ‖ΔW‖_F (and its NaN check) from trace(G) when a spectral metric forms G anyway."""
+    from opd_dynamics.naming import Part
+    from opd_dynamics.view import ModuleView
+
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(3)) * torch.logspace(0, -6, shape[1])
+    part = Part("m", "m.weight", 0, "attn_q")
+    fast = ModuleView("r", part, 1, 0, x, torch.zeros(shape), norm_from_gram=True)
+    oracle = float(np.sqrt((x.double().numpy() ** 2).sum()))
+    assert fast.delta_norm == pytest.approx(oracle, rel=1e-13)
+    assert fast.spectrum._gram is not None  # the Gram the spectral metrics reuse
+    bad = x.clone()
+    bad[5, 7] = float("nan")
+    assert math.isnan(ModuleView("r", part, 1, 0, bad, torch.zeros(shape), norm_from_gram=True).delta_norm)
+    bad[5, 7] = float("inf")
+    assert not math.isfinite(ModuleView("r", part, 1, 0, bad, torch.zeros(shape), norm_from_gram=True).delta_norm)

@@ -34,7 +34,6 @@ from functools import lru_cache
 
 import numpy as np
 import torch
-from scipy import integrate, optimize
 
 from .registry import metric
 from .spectrum import effective_rank_of
@@ -52,6 +51,8 @@ def mp_median(beta: float) -> float:
     """
     if not 0 < beta <= 1:
         raise ValueError(f"beta must be in (0, 1], got {beta}")
+    from scipy import integrate, optimize  # here, not at import: every analysis imports the metric modules
+
     lo, hi = (1 - math.sqrt(beta)) ** 2, (1 + math.sqrt(beta)) ** 2
 
     def density(x):
