@@ -30,6 +30,14 @@ def inputs(synthetic_runs, sharded_opd, tiny_gpt2_runs):
     return paths, [synthetic_runs["base"]] * 3 + [tiny_gpt2_runs["base"]]
 
 
+@pytest.fixture(autouse=True)
+def _one_thread_everywhere(monkeypatch):
+    """Tables are compared bit for bit, and float64 BLAS/LAPACK results can differ in the last bit with the thread
+    count: ``local`` would choose its threads from the load at that moment, each worker gets ``cpus // workers``.
+    Equal thread counts make the comparison exact (docs/performance.md, "Threads")."""
+    monkeypatch.setenv("OPD_DYNAMICS_THREADS", "1")
+
+
 def test_processes_give_the_local_table_row_for_row(inputs):
     paths, bases = inputs
     kw = dict(base=bases, metrics=METRICS, progress=False)
@@ -126,7 +134,8 @@ def test_local_runs_never_import_ray(synthetic_runs):
     assert out.stdout.strip().splitlines()[-1] == "False"
 
 
-def test_workers_times_threads_fit_the_affinity_mask():
+def test_workers_times_threads_fit_the_affinity_mask(monkeypatch):
+    monkeypatch.delenv("OPD_DYNAMICS_THREADS")  # the choice itself is under test here
     cpus = cpu_budget()
     assert cpus == len(os.sched_getaffinity(0))
     for workers in (1, 2, 3, 8):

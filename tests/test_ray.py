@@ -115,6 +115,14 @@ def inputs(synthetic_runs, sharded_opd, tiny_gpt2_runs):
             [synthetic_runs["base"]] * 3 + [tiny_gpt2_runs["base"]])
 
 
+@pytest.fixture(autouse=True)
+def _one_thread_everywhere(monkeypatch):
+    """Tables are compared bit for bit, and float64 BLAS/LAPACK results can differ in the last bit with the thread
+    count: ``local`` would choose its threads from the load at that moment, each worker gets ``cpus // workers``.
+    Equal thread counts make the comparison exact (docs/performance.md, "Threads")."""
+    monkeypatch.setenv("OPD_DYNAMICS_THREADS", "1")
+
+
 def _connected(cluster):
     if not ray.is_initialized():
         ray.init(address=cluster["address"], logging_level="ERROR", log_to_driver=False)
