@@ -92,3 +92,11 @@ def studies():
     from plot_data import study_frame
 
     return study_frame()
+
+
+@pytest.fixture
+def one_thread(monkeypatch):
+    """``OPD_DYNAMICS_THREADS=1`` for a test that compares tables bit for bit across executors: float64 BLAS/LAPACK
+    results can differ in the last bit with the thread count (``local`` picks its threads from the load of the moment,
+    each worker gets ``cpus // workers``; docs/performance.md, "Threads")."""
+    monkeypatch.setenv("OPD_DYNAMICS_THREADS", "1")

@@ -23,19 +23,15 @@ METRICS = ["frobenius", "spectral_norm", "effective_rank", "stable_rank", "align
            "subspace_locking", "rank1_pca_evr"]
 
 
+#: bit-for-bit table comparisons need equal thread counts everywhere (conftest.one_thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 @pytest.fixture(scope="module")
 def inputs(synthetic_runs, sharded_opd, tiny_gpt2_runs):
     """Four runs (two synthetic, the sharded copy, a GPT-2 with fused qkv) and their bases."""
     paths = [synthetic_runs["opd"], synthetic_runs["rl"], sharded_opd, tiny_gpt2_runs["run"]]
     return paths, [synthetic_runs["base"]] * 3 + [tiny_gpt2_runs["base"]]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread_everywhere(monkeypatch):
-    """Tables are compared bit for bit, and float64 BLAS/LAPACK results can differ in the last bit with the thread
-    count: ``local`` would choose its threads from the load at that moment, each worker gets ``cpus // workers``.
-    Equal thread counts make the comparison exact (docs/performance.md, "Threads")."""
-    monkeypatch.setenv("OPD_DYNAMICS_THREADS", "1")
 
 
 def test_processes_give_the_local_table_row_for_row(inputs):

@@ -28,7 +28,8 @@ from opd_dynamics import analyze  # noqa: E402
 from opd_dynamics.errors import OPDError  # noqa: E402
 from opd_dynamics.synthetic import make_synthetic_runs  # noqa: E402
 
-pytestmark = pytest.mark.slow
+#: bit-for-bit table comparisons need equal thread counts everywhere (conftest.one_thread)
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 METRICS = ["frobenius", "spectral_norm", "effective_rank", "alignment_to_final:k=4", "subspace_locking"]
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -113,14 +114,6 @@ def cluster(tmp_path_factory):
 def inputs(synthetic_runs, sharded_opd, tiny_gpt2_runs):
     return ([synthetic_runs["opd"], synthetic_runs["rl"], sharded_opd, tiny_gpt2_runs["run"]],
             [synthetic_runs["base"]] * 3 + [tiny_gpt2_runs["base"]])
-
-
-@pytest.fixture(autouse=True)
-def _one_thread_everywhere(monkeypatch):
-    """Tables are compared bit for bit, and float64 BLAS/LAPACK results can differ in the last bit with the thread
-    count: ``local`` would choose its threads from the load at that moment, each worker gets ``cpus // workers``.
-    Equal thread counts make the comparison exact (docs/performance.md, "Threads")."""
-    monkeypatch.setenv("OPD_DYNAMICS_THREADS", "1")
 
 
 def _connected(cluster):
