@@ -43,3 +43,18 @@ def low_rank_plus_noise(m: int, n: int, rank: int, noise: float, seed: int = 0, 
     v = np.linalg.qr(rng.standard_normal((n, rank)))[0]
     s = decay ** np.arange(rank)
     return (u * s) @ v.T + noise * rng.standard_normal((m, n)) / np.sqrt(max(m, n))
+
+
+def rank1_pca_evr_oracle(top_left, w0, steps: dict[int, np.ndarray]) -> dict[str, float]:
+    """float64 oracle of ``rank1_pca_evr``: the top left singular vector u₁ of each ΔW_t (``top_left(ΔW)``; signs
+    aligned step to step), centred, and the explained-variance ratios of its first two principal components."""
+    rows, prev = [], None
+    for t in sorted(steps):
+        u = top_left(steps[t], w0)
+        if prev is not None and u @ prev < 0:
+            u = -u
+        rows.append(u)
+        prev = u
+    x = np.stack(rows)
+    sv = np.linalg.svd(x - x.mean(0), compute_uv=False) ** 2
+    return {"rank1_pca_evr1": sv[0] / sv.sum(), "rank1_pca_evr2": sv[1] / sv.sum()}

@@ -14,7 +14,7 @@ import scipy.linalg
 import torch
 
 from opd_dynamics.metrics.registry import Spec, available
-from tests.helpers import low_rank_plus_noise, view_of
+from tests.helpers import low_rank_plus_noise, rank1_pca_evr_oracle, view_of
 from tests.test_metrics_core import oracles as core_oracles
 from tests.test_metrics_core import oracle_sigma
 from tests.test_metrics_embedding import embedding_oracle
@@ -74,16 +74,8 @@ def _to_final(name, k, side):
 
 
 def _rank1_pca(w0, steps):
-    rows, prev = [], None
-    for t in sorted(steps):
-        u = _top(_f64(steps[t]) - _f64(w0), 1, "left")[:, 0]
-        if prev is not None and u @ prev < 0:
-            u = -u
-        rows.append(u)
-        prev = u
-    x = np.stack(rows)
-    sv = np.linalg.svd(x - x.mean(0), compute_uv=False) ** 2
-    return {max(steps): {"rank1_pca_evr1": sv[0] / sv.sum(), "rank1_pca_evr2": sv[1] / sv.sum()}}
+    top = lambda wt, base: _top(_f64(wt) - _f64(base), 1, "left")[:, 0]  # noqa: E731
+    return {max(steps): rank1_pca_evr_oracle(top, w0, steps)}
 
 
 def _angles(k):

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from tests.helpers import compute, low_rank_plus_noise, trajectory
+from tests.helpers import compute, low_rank_plus_noise, rank1_pca_evr_oracle, trajectory
 
 M, N = 60, 40
 
@@ -101,17 +101,9 @@ def test_alignment_to_final_options_against_oracle(side, mode):
 def test_rank1_pca_evr_against_oracle():
     w0, steps = _steps(seed=6, n_steps=6, drift=0.5)
     got = trajectory("rank1_pca_evr", w0, steps)[6]
-    rows, prev = [], None
-    for t in sorted(steps):
-        u = _svd(np.float32(steps[t]) - np.float32(w0))[0][:, 0]
-        if prev is not None and u @ prev < 0:
-            u = -u
-        rows.append(u)
-        prev = u
-    x = np.stack(rows)
-    sv = np.linalg.svd(x - x.mean(0), compute_uv=False) ** 2
-    assert got["rank1_pca_evr1"] == pytest.approx(sv[0] / sv.sum(), abs=1e-6)
-    assert got["rank1_pca_evr2"] == pytest.approx(sv[1] / sv.sum(), abs=1e-6)
+    want = rank1_pca_evr_oracle(lambda wt, base: _svd(np.float32(wt) - np.float32(base))[0][:, 0], w0, steps)
+    assert got["rank1_pca_evr1"] == pytest.approx(want["rank1_pca_evr1"], abs=1e-6)
+    assert got["rank1_pca_evr2"] == pytest.approx(want["rank1_pca_evr2"], abs=1e-6)
 
 
 def test_alignment_to_final_defaults_to_subspace_and_paired_stays_an_option():
