@@ -256,7 +256,7 @@ def _gkd_run(tmp_path, monkeypatch, with_callback: bool):
 
 
 def _outside_share(w0, after, t0=2, last=5, k=3):
-    """max over matrices of ‖(W_T − W_{t0})(I − V Vᵀ)‖ / ‖W_T − W_{t0}‖, V from a float64 LAPACK SVD of ΔW_{t0}."""
+    """max over matrices of ‖(W_T − W_{t0})(I − V Vᵀ)‖ / ‖W_T − W_{t0}‖ (V: float64 SVD of ΔW_{t0})."""
     worst = 0.0
     for n in w0:
         v = _top_right((after[t0][n] - w0[n]).double().numpy(), k)
@@ -268,8 +268,8 @@ def _outside_share(w0, after, t0=2, last=5, k=3):
 @pytest.mark.slow
 def test_callback_inside_trl_gkd_on_policy_distillation_float64_oracle(tmp_path, monkeypatch):
     """Inside TRL's GKDTrainer (student rollouts, reverse KL) every step after t₀ is the optimizer's own step X_t
-    (read before the hook) projected onto V_K of ΔW_{t₀}: W_t = W_{t−1} + X_t V Vᵀ in float64, so W_T − W_{t₀} lies
-    in span(V_K); the same run without the callback leaves it (the check can fail)."""
+    (read before the hook) projected onto V_K of ΔW_{t₀}: W_t = W_{t−1} + X_t V Vᵀ in float64, so
+    W_T − W_{t₀} lies in span(V_K); the same run without the callback leaves it (the check can fail)."""
     w0, raw, after, cb, log = _gkd_run(tmp_path / "on", monkeypatch, with_callback=True)
     assert cb.projection.t0 == 2 and len(cb.projection.bases) == len(w0) == 7
     for t in (1, 2):                                             # up to and including t₀ the hook leaves the step
