@@ -2,8 +2,8 @@
 from one Qwen2-shaped W₀, analysed with the default (subspace) alignment, subspace locking and signal_rank.
 
 Usage: python bench/trl_runs.py OUT [--seeds 0,1,2] [--steps 256] [--lr 1e-3]
-Prints a Markdown table (the "TRL runs" section of docs/reference-runs.md) and writes OUT/seed-S/{teacher,base,
-runs/opd,runs/sft,results,summary.json}. Everything is built in code and offline: a character tokenizer with a chat
+Prints a Markdown table (the "TRL runs" section of docs/reference-runs.md), writes OUT/seed-S/{teacher,base,
+runs/opd,runs/sft,results,summary.json} and OUT/trl_runs_alignment.png (``plots.alignment_curves`` of all seeds). Everything is built in code and offline: a character tokenizer with a chat
 template, Qwen2 models from configs (q/k/v biases, grouped-query attention), 100 ``messages`` rows
 ``"3+5="`` -> ``"8"``.
 
@@ -239,6 +239,18 @@ def main() -> None:
     for i in infos:
         for r in rows_of(i):
             print("| " + " | ".join(r) + " |")
+    figure(infos, a.out / "trl_runs_alignment.png")
+
+
+def figure(infos: list[dict], path: Path) -> None:
+    """Alignment and locking against training progress, OPD and SFT, every seed pooled (mean, interquartile band)."""
+    import pandas as pd
+
+    from opd_dynamics import plots
+
+    fig = plots.alignment_curves(pd.concat([i["table"] for i in infos]), ["alignment_to_final", "subspace_locking"])
+    fig.suptitle(f"TRL runs (Qwen2 student, {len(infos)} seeds): OPD (GKD λ=1, β=1) vs SFT", fontsize=9)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
 
 
 if __name__ == "__main__":
