@@ -413,11 +413,13 @@ def run_local(plans: list[TensorPlan], job: Job, todos: list[tuple], *, memo=Non
 
     With one compute thread (or a GPU) this is :func:`~opd_dynamics.engine.stream` over every tensor. With N > 1 on
     the CPU, tensors over :data:`~opd_dynamics.engine.PREFETCH_MAX_BYTES` (embeddings, an untied ``lm_head``) run
-    first, one at a time on all N threads (so peak memory stays a few copies of the largest tensor), then the others
-    run N at a time, each on one torch and one OpenBLAS thread. The float64 Gram, ``eigvalsh`` and the subspace
-    iteration of one layer matrix scale poorly over two threads (docs/performance.md), and whole tensors in parallel
-    do not share anything. The rows come back in plan order, and each tensor's rows are bit for bit those of a
-    one-thread run (``OPD_DYNAMICS_THREADS=1``).
+    first, one at a time on all N threads, then the others run N at a time, each on one torch and one OpenBLAS
+    thread. The float64 Gram, ``eigvalsh`` and the subspace iteration of one layer matrix scale poorly over two
+    threads (docs/performance.md), and whole tensors in parallel share nothing. Fewer run at a time (with N // k
+    threads each) when k tensors' working sets would need more than the largest tensor alone or
+    :data:`LOCAL_MEMORY` (many cores, large layers), so peak memory stays a few copies of the largest tensor. The
+    rows come back in plan order; with one thread per tensor they are bit for bit those of a one-thread run
+    (``OPD_DYNAMICS_THREADS=1``).
     """
     threads = threads or default_threads(1)
     if threads < 2 or torch.device(job.device).type != "cpu" or len(plans) < 2:
@@ -428,6 +430,10 @@ def run_local(plans: list[TensorPlan], job: Job, todos: list[tuple], *, memo=Non
     linalg.backend()  # the BLAS choice is measured once per machine: before the threads, not by two of them at once
     big = [i for i, p in enumerate(plans) if nbytes(p.run.base, p.tensor) > PREFETCH_MAX_BYTES]
     small = sorted(set(range(len(plans))) - set(big), key=lambda i: -_elements(plans[i]) * len(todos[i][2]))
+    # as many tensors at a time as keep their working sets within what the largest tensor alone needs (≥ 1 GiB)
+    need = [_footprint(p) for p in plans]
+    room = max([need[i] for i in big] + [LOCAL_MEMORY])
+    workers = max(1, min(threads, room // max([need[i] for i in small] or [1])))
 
     def one(i: int) -> Result:
         rec = Recorder({plans[i].tensor: todos[i][1]}) if memo is not None else None
@@ -439,7 +445,7 @@ def run_local(plans: list[TensorPlan], job: Job, todos: list[tuple], *, memo=Non
         for i in big:
             results[i] = one(i)
     failed: dict[int, BaseException] = {}
-    with compute_threads(1), ThreadPoolExecutor(threads, thread_name_prefix="opd-local") as pool:
+    with compute_threads(threads // workers), ThreadPoolExecutor(workers, thread_name_prefix="opd-local") as pool:
         futures = {pool.submit(one, i): i for i in small}
         for fut in as_completed(futures):
             if fut.cancelled():
@@ -463,6 +469,20 @@ def _elements(p: TensorPlan) -> int:
     for d in p.run.base.shape(p.tensor):
         n *= d
     return n
+
+
+#: the memory ``local`` may give to tensors analysed at the same time, when no single tensor needs more on its own
+LOCAL_MEMORY = 1 << 30
+
+
+def _footprint(p: TensorPlan) -> int:
+    """Bytes one tensor holds while it is analysed: W_ref, W_t and the next read as stored, ΔW in float32, one float64
+    block (:data:`opd_dynamics.linalg.BLOCK_ELEMS`) and the float64 Gram of the smaller side."""
+    from .linalg import BLOCK_ELEMS
+
+    e, shape = _elements(p), p.run.base.shape(p.tensor)
+    small = min(shape[-2:]) if len(shape) >= 2 else 1
+    return 3 * nbytes(p.run.base, p.tensor) + 4 * e + 8 * min(e, BLOCK_ELEMS) + 8 * small * small
 
 
 def _replay(plans, job: Job, todos, cells: dict[tuple, list], memo) -> list[Row]:

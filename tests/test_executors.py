@@ -300,3 +300,28 @@ def test_local_threads_raise_the_error_a_one_thread_run_meets_first(synthetic_ru
         with pytest.raises(CheckpointError) as spread:
             analyze([bad], **kw)
         assert str(spread.value) == str(serial.value) and "layers.0.mlp.up_proj" in str(serial.value)
+
+
+def test_local_threads_take_fewer_tensors_at_a_time_when_memory_is_short(synthetic_runs, monkeypatch):
+    """k tensors at a time only while k working sets fit in LOCAL_MEMORY (or the largest tensor's own): with room
+    for one, the tensors run one at a time on all threads, in a single pool thread."""
+    import threading
+
+    import opd_dynamics.executors as executors
+
+    seen, real = [], executors.stream
+
+    def spy(plans, *a, **k):
+        seen.append((threading.current_thread().name, torch.get_num_threads()))
+        return real(plans, *a, **k)
+
+    monkeypatch.setattr(executors, "stream", spy)
+    monkeypatch.setattr(executors, "default_threads", lambda workers=1: 2)
+    monkeypatch.setattr(executors, "LOCAL_MEMORY", 1)
+    kw = dict(base=synthetic_runs["base"], metrics=["frobenius"], progress=False)
+    analyze([synthetic_runs["opd"]], **kw)
+    assert len({name for name, _ in seen}) == 1 and {t for _, t in seen} == {2}
+    p = executors.TensorPlan(open_run(synthetic_runs["opd"], base=synthetic_runs["base"]),
+                             "model.layers.0.mlp.up_proj.weight", (), 2)
+    e = 64 * 32  # float32 64×32: 3 stored copies + ΔW + one float64 block of it + the 32×32 float64 Gram
+    assert executors._footprint(p) == 3 * 4 * e + 4 * e + 8 * e + 8 * 32 * 32
