@@ -57,8 +57,8 @@ def default_threads(workers: int = 1) -> int:
     """Compute threads (torch and OpenBLAS) for each of ``workers`` processes sharing the CPUs this process may use.
 
     ``workers × threads`` never exceeds the affinity mask. For one process (``local``) it is also at most what the
-    caller gave torch (``torch.set_num_threads`` / ``OMP_NUM_THREADS``) and at most the CPUs other jobs leave free
-    (the 1-minute load average, scaled to the mask): oversubscribed BLAS/OpenMP threads spin-wait on each other,
+    caller gave torch (``torch.set_num_threads`` / ``OMP_NUM_THREADS``) and at most the CPUs other processes leave
+    free now (:func:`opd_dynamics.machine.others_running`): oversubscribed BLAS/OpenMP threads spin-wait on each other,
     and on a busy 2-core machine two threads each were 28× slower than one (docs/performance.md, "Threads").
     ``OPD_DYNAMICS_THREADS=N`` overrides the choice (still within ``cpus // workers``).
     """
