@@ -47,6 +47,9 @@ REGIMES = {
     "wide-student": {"run_lr": 3e-4, "run_steps": 64, "student": {"hidden": 128, "layers": 4, "heads": 4,
                                                                    "intermediate": 512}, "horizons": (64,)},
     "low-lr": {"run_lr": 1e-4, "run_steps": 128, "student": None, "save_every": 16, "horizons": (64, 128)},
+    # wider and deeper than the teacher (160×6, 2.4× the wide student's parameters): still W0 at 20 %, 1 seed
+    "wide-deep": {"run_lr": 3e-4, "run_steps": 64, "student": {"hidden": 160, "layers": 6, "heads": 4,
+                                                                "intermediate": 640}, "horizons": (64,)},
 }
 EARLY_FRACTIONS = (0.0625, 0.125, 0.25)      # early steps, as a fraction of the run: 4, 8, 16 of 64
 

@@ -119,8 +119,8 @@ def manifest(runs: list[Run], specs: list[Spec], **settings) -> dict:
 
 
 def analyze(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] | None = None,
-            names: Sequence[str] | None = None, metrics: Sequence[str | Spec] | None = None,
-            select: Sequence[str] | Selector | None = None, against: str | int = "base",
+            names: Sequence[str] | None = None, metrics: str | Sequence[str | Spec] | None = None,
+            select: str | Sequence[str] | Selector | None = None, against: str | int = "base",
             steps: Sequence[int] | None = None, device: str = "auto", spectrum_method: str = "gram",
             allow_pickle: bool = False, nonfinite: str = "error", lora_scaling: float | None = None,
             storage: StorageConfig | dict | None = None, out: PathLike | None = None, csv: bool = False,
@@ -178,9 +178,11 @@ def analyze(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] | 
     from .table import from_rows, table_files
 
     with claim(out) if out is not None else nullcontext() as claimed:  # -o checked and locked before any reading
+        metrics = [metrics] if isinstance(metrics, (str, Spec)) else metrics  # one metric may come bare
         specs = _specs(metric_specs([m if isinstance(m, Spec) else Spec.parse(m) for m in (metrics or DEFAULT_METRICS)],
                                     preset))
-        selector = select if isinstance(select, Selector) else Selector.parse(list(select or []))
+        selector = select if isinstance(select, Selector) else Selector.parse(
+            [select] if isinstance(select, str) else list(select or []))  # one clause may come as a plain string
         dev = _device(device, executor)
         runs = open_runs(paths, base=base, names=names, steps=steps, allow_pickle=allow_pickle,
                          lora_scaling=lora_scaling, storage=storage, skip_incomplete=skip_incomplete,

@@ -6,7 +6,8 @@ description of its run (the :func:`~opd_dynamics.io.discovery.open_run` argument
 re-opens the checkpoints where it runs and returns only rows; the driver puts the rows back in plan order, so every
 executor gives the ``local`` table, value for value and row for row.
 
-- ``local``: one task with every tensor, in this process (the prefetching loop as it always ran).
+- ``local``: every tensor in this process (:func:`run_local`): the prefetching loop, with the tensors spread over
+  the compute threads (one BLAS thread each) when there are several.
 - ``processes[:N]``: N worker processes on this machine (default: one per CPU this process may use, or one per GPU
   with ``device="cuda"`` and several GPUs); each gets ``cpus // N`` torch threads, so workers × threads never exceed
   ``os.sched_getaffinity``.
@@ -27,7 +28,7 @@ import os
 import socket
 import sys
 import warnings
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, as_completed
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -36,7 +37,8 @@ from typing import Any, Iterator
 import torch
 from tqdm.auto import tqdm
 
-from .engine import Job, Row, TensorPlan, built, finalize, stream, todo_of
+from .engine import PREFETCH_MAX_BYTES, Job, Row, TensorPlan, built, finalize, stream, todo_of
+from .io.reader import nbytes
 from .machine import blas_threads, set_blas_threads  # noqa: F401  (re-exported)
 from .errors import OPDError
 
@@ -55,8 +57,8 @@ def default_threads(workers: int = 1) -> int:
     """Compute threads (torch and OpenBLAS) for each of ``workers`` processes sharing the CPUs this process may use.
 
     ``workers × threads`` never exceeds the affinity mask. For one process (``local``) it is also at most what the
-    caller gave torch (``torch.set_num_threads`` / ``OMP_NUM_THREADS``) and at most the CPUs other jobs leave free
-    (the 1-minute load average, scaled to the mask): oversubscribed BLAS/OpenMP threads spin-wait on each other,
+    caller gave torch (``torch.set_num_threads`` / ``OMP_NUM_THREADS``) and at most the CPUs other processes leave
+    free now (:func:`opd_dynamics.machine.others_running`): oversubscribed BLAS/OpenMP threads spin-wait on each other,
     and on a busy 2-core machine two threads each were 28× slower than one (docs/performance.md, "Threads").
     ``OPD_DYNAMICS_THREADS=N`` overrides the choice (still within ``cpus // workers``).
     """
@@ -252,13 +254,7 @@ def make_tasks(plans: list[TensorPlan], job: Job, workers: int, threads: int | N
     """
     orders = [t[2] for t in todos] if todos else [todo_of(p, job)[2] for p in plans]
 
-    def cost(i):
-        n = 1
-        for d in plans[i].run.base.shape(plans[i].tensor):
-            n *= d
-        return n * len(orders[i])
-
-    costs = [cost(i) for i in range(len(plans))]
+    costs = [_elements(plans[i]) * len(orders[i]) for i in range(len(plans))]
     target = (sum(costs) or 1) / (4 * max(1, workers))
     tasks, block, acc = [], [], 0
     for i, p in enumerate(plans):
@@ -394,8 +390,7 @@ def execute(plans: list[TensorPlan], job: Job, executor: str | ExecutorSpec | Ex
                leave=False)
     try:
         if isinstance(spec, ExecutorSpec) and spec.kind == "local":
-            with compute_threads(default_threads(1)):
-                return stream(plans, job, memo=memo, on_read=bar.update)
+            return run_local(plans, job, todos, memo=memo, on_read=bar.update)
         if isinstance(spec, Executor):  # the caller's own executor: theirs to shut down
             tasks = make_tasks(plans, job, 4, None, todos if memo else None)
             results = _gather(spec, tasks, bar)
@@ -410,6 +405,84 @@ def execute(plans: list[TensorPlan], job: Job, executor: str | ExecutorSpec | Ex
         return [row for res in results for row in res.rows]
     cells = {(t.run["name"], name): res.cells.get(name, []) for t, res in zip(tasks, results) for name, *_ in t.tensors}
     return _replay(plans, job, todos, cells, memo)
+
+
+def run_local(plans: list[TensorPlan], job: Job, todos: list[tuple], *, memo=None,
+              on_read=None, threads: int | None = None) -> list[Row]:
+    """``local``: every tensor in this process, the tensors spread over the compute threads.
+
+    With one compute thread (or a GPU) this is :func:`~opd_dynamics.engine.stream` over every tensor. With N > 1 on
+    the CPU, tensors over :data:`~opd_dynamics.engine.PREFETCH_MAX_BYTES` (embeddings, an untied ``lm_head``) run
+    first, one at a time on all N threads, then the others run N at a time, each on one torch and one OpenBLAS
+    thread. The float64 Gram, ``eigvalsh`` and the subspace iteration of one layer matrix scale poorly over two
+    threads (docs/performance.md), and whole tensors in parallel share nothing. Fewer run at a time (with N // k
+    threads each) when k tensors' working sets would need more than the largest tensor alone or
+    :data:`LOCAL_MEMORY` (many cores, large layers), so peak memory stays a few copies of the largest tensor. The
+    rows come back in plan order; with one thread per tensor they are bit for bit those of a one-thread run
+    (``OPD_DYNAMICS_THREADS=1``).
+    """
+    threads = threads or default_threads(1)
+    if threads < 2 or torch.device(job.device).type != "cpu" or len(plans) < 2:
+        with compute_threads(threads):
+            return stream(plans, job, memo=memo, on_read=on_read)
+    from . import linalg
+
+    linalg.backend()  # the BLAS choice is measured once per machine: before the threads, not by two of them at once
+    big = [i for i, p in enumerate(plans) if nbytes(p.run.base, p.tensor) > PREFETCH_MAX_BYTES]
+    small = sorted(set(range(len(plans))) - set(big), key=lambda i: -_elements(plans[i]) * len(todos[i][2]))
+    # as many tensors at a time as keep their working sets within what the largest tensor alone needs (≥ 1 GiB)
+    need = [_footprint(p) for p in plans]
+    room = max([need[i] for i in big] + [LOCAL_MEMORY])
+    workers = max(1, min(threads, room // max([need[i] for i in small] or [1])))
+
+    def one(i: int) -> Result:
+        rec = Recorder({plans[i].tensor: todos[i][1]}) if memo is not None else None
+        rows = stream([plans[i]], job, memo=rec, on_read=on_read)
+        return Result(rows, [], "", rec.cells if rec is not None else None)
+
+    results: dict[int, Result] = {}
+    with compute_threads(threads):
+        for i in big:
+            results[i] = one(i)
+    failed: dict[int, BaseException] = {}
+    with compute_threads(threads // workers), ThreadPoolExecutor(workers, thread_name_prefix="opd-local") as pool:
+        futures = {pool.submit(one, i): i for i in small}
+        for fut in as_completed(futures):
+            if fut.cancelled():
+                continue
+            if fut.exception() is not None:
+                failed[futures[fut]] = fut.exception()
+                for f in futures:
+                    f.cancel()
+            else:
+                results[futures[fut]] = fut.result()
+    if failed:  # the error a one-thread run would have met first: the failing tensor earliest in plan order
+        raise failed[min(failed)]
+    if memo is None:
+        return [row for i in range(len(plans)) for row in results[i].rows]
+    cells = {(plans[i].run.name, plans[i].tensor): results[i].cells.get(plans[i].tensor, []) for i in results}
+    return _replay(plans, job, todos, cells, memo)
+
+
+def _elements(p: TensorPlan) -> int:
+    n = 1
+    for d in p.run.base.shape(p.tensor):
+        n *= d
+    return n
+
+
+#: the memory ``local`` may give to tensors analysed at the same time, when no single tensor needs more on its own
+LOCAL_MEMORY = 1 << 30
+
+
+def _footprint(p: TensorPlan) -> int:
+    """Bytes one tensor holds while it is analysed: W_ref, W_t and the next read as stored, ΔW in float32, one float64
+    block (:data:`opd_dynamics.linalg.BLOCK_ELEMS`) and the float64 Gram of the smaller side."""
+    from .linalg import BLOCK_ELEMS
+
+    e, shape = _elements(p), p.run.base.shape(p.tensor)
+    small = min(shape[-2:]) if len(shape) >= 2 else 1
+    return 3 * nbytes(p.run.base, p.tensor) + 4 * e + 8 * min(e, BLOCK_ELEMS) + 8 * small * small
 
 
 def _replay(plans, job: Job, todos, cells: dict[tuple, list], memo) -> list[Row]:

@@ -64,6 +64,9 @@ def test_table_shape_kinds_layers_and_selection(synthetic_runs):
     sel = analyze([synthetic_runs["opd"]], base=synthetic_runs["base"], select=["kind=mlp_*", "layer=1"],
                   metrics=["frobenius"], progress=False)
     assert set(sel.kind) == {"mlp_gate", "mlp_up", "mlp_down"} and set(sel.layer) == {1}
+    one = analyze([synthetic_runs["opd"]], base=synthetic_runs["base"], select="kind=mlp_*", metrics="frobenius",
+                  progress=False)  # a single clause or metric may come as a plain string, not split into letters
+    assert set(one.kind) == {"mlp_gate", "mlp_up", "mlp_down"} and set(one.metric) == {"frobenius"}
 
 
 def test_planted_opd_is_lower_rank_and_locked_compared_with_rl(synthetic_runs):

@@ -233,3 +233,104 @@ def test_local_runs_use_one_thread_count_for_torch_and_openblas_and_give_it_back
     t, b = seen[-1]
     assert 1 <= t <= min(cpu_budget(), before[0]) and b in (None, t)
     assert (torch.get_num_threads(), blas_threads()) == before
+
+
+@pytest.mark.parametrize("against", ["base", "prev", 2])
+def test_local_spreads_tensors_over_threads_and_gives_the_one_thread_table(inputs, against, monkeypatch):
+    """``local`` with two compute threads runs two tensors at a time, each on one torch/OpenBLAS thread: every row is
+    bit for bit the one-thread run's, in the same order."""
+    import threading
+
+    import opd_dynamics.executors as executors
+
+    paths, bases = inputs
+    kw = dict(base=bases, metrics=METRICS, against=against, progress=False)
+    serial = analyze(paths, **kw)  # OPD_DYNAMICS_THREADS=1 (the module's fixture): one stream, one thread
+    seen, real = [], executors.stream
+
+    def spy(plans, *a, **k):
+        seen.append((threading.current_thread().name, torch.get_num_threads(), blas_threads(), len(plans)))
+        return real(plans, *a, **k)
+
+    monkeypatch.setattr(executors, "stream", spy)
+    monkeypatch.setattr(executors, "default_threads", lambda workers=1: 2)
+    spread = analyze(paths, **kw)
+    pd.testing.assert_frame_equal(serial, spread, check_exact=True)
+    assert len(seen) > 20 and all(name.startswith("opd-local") and t == 1 and b in (None, 1) and n == 1
+                                  for name, t, b, n in seen)
+    assert len({name for name, *_ in seen}) == 2  # both threads took tensors
+
+
+def test_local_threads_run_big_tensors_alone_on_every_thread(synthetic_runs, monkeypatch):
+    """Tensors over PREFETCH_MAX_BYTES (an embedding) go one at a time on all threads, before the rest."""
+    import threading
+
+    import opd_dynamics.executors as executors
+
+    monkeypatch.setattr(executors, "PREFETCH_MAX_BYTES", 64 * 32 * 4 - 1)  # embedding, lm_head and MLP: 64×32 float32
+    seen, real = [], executors.stream
+
+    def spy(plans, *a, **k):
+        seen.append((plans[0].tensor, threading.current_thread().name, torch.get_num_threads()))
+        return real(plans, *a, **k)
+
+    monkeypatch.setattr(executors, "stream", spy)
+    kw = dict(base=synthetic_runs["base"], metrics=["frobenius", "spectral_norm"], progress=False)
+    serial = analyze([synthetic_runs["opd"]], **kw)
+    monkeypatch.setattr(executors, "default_threads", lambda workers=1: 2)
+    seen.clear()
+    spread = analyze([synthetic_runs["opd"]], **kw)
+    pd.testing.assert_frame_equal(serial, spread, check_exact=True)
+    big = [i for i, (name, thread, t) in enumerate(seen) if thread == threading.main_thread().name]
+    assert big and big == list(range(len(big)))  # first, in this thread
+    assert all(seen[i][2] == 2 for i in big)
+    assert all(t == 1 for _, thread, t in seen[len(big):])
+
+
+def test_local_threads_raise_the_error_a_one_thread_run_meets_first(synthetic_runs, tmp_path, monkeypatch):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    import opd_dynamics.executors as executors
+
+    bad = tmp_path / "bad"
+    shutil.copytree(synthetic_runs["opd"], bad)
+    f = bad / "checkpoint-4" / "model.safetensors"
+    sd = load_file(f)
+    for name in ("model.layers.0.mlp.up_proj.weight", "model.layers.1.self_attn.q_proj.weight"):
+        sd[name][0, 0] = float("nan")
+    save_file(sd, f, metadata={"format": "pt"})
+    kw = dict(base=synthetic_runs["base"], metrics=["frobenius"], progress=False)
+    with pytest.raises(CheckpointError) as serial:
+        analyze([bad], **kw)
+    monkeypatch.setattr(executors, "default_threads", lambda workers=1: 2)
+    for _ in range(3):
+        with pytest.raises(CheckpointError) as spread:
+            analyze([bad], **kw)
+        assert str(spread.value) == str(serial.value) and "layers.0.mlp.up_proj" in str(serial.value)
+
+
+def test_local_threads_take_fewer_tensors_at_a_time_when_memory_is_short(synthetic_runs, monkeypatch):
+    """k tensors at a time only while k working sets fit in LOCAL_MEMORY (or the largest tensor's own): with room
+    for one, the tensors run one at a time on all threads, in a single pool thread."""
+    import threading
+
+    import opd_dynamics.executors as executors
+
+    seen, real = [], executors.stream
+
+    def spy(plans, *a, **k):
+        seen.append((threading.current_thread().name, torch.get_num_threads()))
+        return real(plans, *a, **k)
+
+    monkeypatch.setattr(executors, "stream", spy)
+    monkeypatch.setattr(executors, "default_threads", lambda workers=1: 2)
+    monkeypatch.setattr(executors, "LOCAL_MEMORY", 1)
+    kw = dict(base=synthetic_runs["base"], metrics=["frobenius"], progress=False)
+    analyze([synthetic_runs["opd"]], **kw)
+    assert len({name for name, _ in seen}) == 1 and {t for _, t in seen} == {2}
+    p = executors.TensorPlan(open_run(synthetic_runs["opd"], base=synthetic_runs["base"]),
+                             "model.layers.0.mlp.up_proj.weight", (), 2)
+    e = 64 * 32  # float32 64×32: 3 stored copies + ΔW + one float64 block of it + the 32×32 float64 Gram
+    assert executors._footprint(p) == 3 * 4 * e + 4 * e + 8 * e + 8 * 32 * 32

@@ -1,5 +1,5 @@
 """Online early-subspace projection (Geometry of OPD): float64 oracle, planted subspaces, no-op before t₀, the
-reference loop and a real transformers Trainer."""
+reference loop, a real transformers Trainer and TRL's GKDTrainer."""
 from __future__ import annotations
 
 import numpy as np
@@ -211,3 +211,81 @@ def test_t0_and_settings_errors_are_one_line_opd_errors():
         EarlySubspaceProjection(at=1)(tiny_llama(), 1, {})
     with pytest.raises(OPDError, match="no parameter matches"):
         EarlySubspaceProjection(at=1, select=["kind=router"], model=tiny_llama())
+
+
+def _gkd_run(tmp_path, monkeypatch, with_callback: bool):
+    """5 steps of TRL's GKDTrainer, lmbda=1 beta=1 (on-policy reverse KL), snapshots before and after the hook."""
+    monkeypatch.setenv("TRL_EXPERIMENTAL_SILENCE", "1")
+    from datasets import Dataset
+    from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback
+    from trl.experimental.gkd import GKDConfig, GKDTrainer
+
+    from opd_dynamics.lab.tokenizer import char_tokenizer
+
+    tok = char_tokenizer()
+    tok.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+
+    def llama(hidden, seed):
+        torch.manual_seed(seed)
+        return LlamaForCausalLM(LlamaConfig(
+            vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=1,
+            num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64, pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id))
+
+    class Snap(TrainerCallback):  # runs where it stands in the callback list: before or after the projection
+        def __init__(self):
+            self.at = {}
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            self.at[state.global_step] = _snapshot(model)
+
+    rows = [{"messages": [{"role": "user", "content": f"{a}+{b}="}, {"role": "assistant", "content": str(a + b)}]}
+            for a in range(4) for b in range(4)]
+    student = llama(16, 0)
+    w0 = _snapshot(student)
+    raw, projected = Snap(), Snap()
+    cb = EarlySubspaceProjectionCallback(at="40%", k=3)
+    callbacks = [raw, cb, projected] if with_callback else [raw, projected]
+    args = GKDConfig(output_dir=str(tmp_path), max_steps=5, per_device_train_batch_size=4, lmbda=1.0, beta=1.0,
+                     max_new_tokens=4, save_strategy="no", logging_steps=1, report_to=[], use_cpu=True,
+                     disable_tqdm=True, learning_rate=1e-2, max_length=32, seed=0)
+    trainer = GKDTrainer(model=student, teacher_model=llama(32, 1), args=args, train_dataset=Dataset.from_list(rows),
+                         processing_class=tok, callbacks=callbacks)
+    trainer.train()
+    return w0, raw.at, projected.at, cb, trainer.state.log_history
+
+
+def _outside_share(w0, after, t0=2, last=5, k=3):
+    """max over matrices of ‖(W_T − W_{t0})(I − V Vᵀ)‖ / ‖W_T − W_{t0}‖ (V: float64 SVD of ΔW_{t0})."""
+    worst = 0.0
+    for n in w0:
+        v = _top_right((after[t0][n] - w0[n]).double().numpy(), k)
+        later = (after[last][n] - after[t0][n]).double().numpy()
+        worst = max(worst, np.linalg.norm(later - later @ v @ v.T) / np.linalg.norm(later))
+    return worst
+
+
+@pytest.mark.slow
+def test_callback_inside_trl_gkd_on_policy_distillation_float64_oracle(tmp_path, monkeypatch):
+    """Inside TRL's GKDTrainer (student rollouts, reverse KL) every step after t₀ is the optimizer's own step X_t
+    (read before the hook) projected onto V_K of ΔW_{t₀}: W_t = W_{t−1} + X_t V Vᵀ in float64, so
+    W_T − W_{t₀} lies in span(V_K); the same run without the callback leaves it (the check can fail)."""
+    w0, raw, after, cb, log = _gkd_run(tmp_path / "on", monkeypatch, with_callback=True)
+    assert cb.projection.t0 == 2 and len(cb.projection.bases) == len(w0) == 7
+    for t in (1, 2):                                             # up to and including t₀ the hook leaves the step
+        assert all(torch.equal(raw[t][n], after[t][n]) for n in w0)
+    for n in w0:
+        v = _top_right((after[2][n] - w0[n]).double().numpy(), 3)
+        for t in (3, 4, 5):                                      # the oracle: the raw step, projected in float64
+            x = (raw[t][n].double() - after[t - 1][n].double()).numpy()
+            expected = after[t - 1][n].double().numpy() + x @ v @ v.T
+            np.testing.assert_allclose(after[t][n].double().numpy(), expected, rtol=0, atol=1e-6)
+            assert np.linalg.norm(x - x @ v @ v.T) > 1e-2 * np.linalg.norm(x)   # the raw step did leave span(V)
+    assert _outside_share(w0, after) < 1e-5
+    assert [e["step"] for e in log if "projection_t0" in e] == [2]
+    assert [e["step"] for e in log if "projection_kept" in e] == [3, 4, 5]
+    assert all(0 < e["projection_kept"] < 1 for e in log if "projection_kept" in e)
+
+    w0, raw, after, _, _ = _gkd_run(tmp_path / "off", monkeypatch, with_callback=False)
+    assert all(torch.equal(raw[5][n], after[5][n]) for n in w0)
+    assert _outside_share(w0, after) > 0.5                        # negative control: plain GKD leaves span(V_K)
