@@ -12,6 +12,7 @@ tiny_gpt2_runs      {'base', 'run'}: a 2-layer GPT-2 with fused ``c_attn``      
 gkd_runs            a chat model trained by TRL's GKDTrainer, full and LoRA (``chat_fixtures``)     ~1 min
 long_table          a real analysis of synthetic_runs plus an ``sft`` run and principal angles   seconds
 studies             a study frame with illustrative scores (figure tests)                          <1 s
+fresh_imports       sys.modules of one fresh interpreter after each entry point (laziness checks)  ~6 s
 =================== ============================================================================ ==========
 
 Builders live beside this file (``intervention_fixtures.py``, ``chat_fixtures.py``, ``plot_data.py``); tests ask
@@ -28,6 +29,31 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in these tests may reach the network
 os.environ.setdefault("MPLBACKEND", "Agg")
 sys.path.insert(0, str(Path(__file__).parent))
+
+
+def _collect_then_freeze() -> None:
+    """Collect the garbage, then move the survivors out of the cyclic collector's view (``gc.freeze``).
+
+    The survivors are what lives as long as the session: imported modules (torch and transformers alone are about a
+    million objects), session fixtures, the collected test items. Each full collection would walk them all again,
+    about 0.5 s each, dozens of times per session and five times at its end (pytest's check for unraisable
+    exceptions); frozen, they are skipped. Freed objects are still freed by reference counting; only reference
+    cycles among the frozen survivors stay until the end of the session."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+
+
+def pytest_collection_finish(session):
+    _collect_then_freeze()  # what collection imported
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    yield
+    if nextitem is None or nextitem.path != item.path:  # a test file done, its module fixtures gone
+        _collect_then_freeze()  # what its tests imported
 
 
 @pytest.fixture(scope="session")
@@ -92,6 +118,14 @@ def studies():
     from plot_data import study_frame
 
     return study_frame()
+
+
+@pytest.fixture(scope="session")
+def fresh_imports(synthetic_runs):
+    """{step: sys.modules after it} from one fresh interpreter running the entry points of ``fresh_imports.py``."""
+    from fresh_imports import loaded_in_turn
+
+    return loaded_in_turn(synthetic_runs["opd"], synthetic_runs["base"])
 
 
 @pytest.fixture

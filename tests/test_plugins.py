@@ -4,7 +4,6 @@ plug-ins (no import circles)."""
 from __future__ import annotations
 
 import ast
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -143,8 +142,8 @@ def test_registries_never_import_their_plug_ins(registry):
     assert own <= {"..plugins", "..errors", ".errors"}, own
 
 
-def test_edits_module_loads_with_its_builtins_and_nothing_of_the_engine():
-    code = ("import sys; from opd_dynamics.edits import available; assert 'spectral' in available(); "
-            "print(sorted(m for m in sys.modules if m.startswith('opd_dynamics.')))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert "opd_dynamics.engine" not in out and "opd_dynamics.metrics.direction" not in out
+def test_edits_module_loads_with_its_builtins_and_nothing_of_the_engine(fresh_imports):
+    """In a fresh interpreter (``tests/fresh_imports.py``; only the light ``opd_dynamics.analyze`` before it)."""
+    loaded = fresh_imports["edits"]
+    assert "opd_dynamics.edits" in loaded
+    assert "opd_dynamics.engine" not in loaded and "opd_dynamics.metrics.direction" not in loaded

@@ -154,6 +154,7 @@ def test_remote_failures_are_one_line_and_write_nothing(case, s3, proxy, tmp_pat
         assert any(status == -1 for _, _, status, _, _ in proxy.log)  # the proxy really cut a response
 
 
+@pytest.mark.slow  # three more runs uploaded and listed through the server (the fast tier keeps the other errors)
 def test_no_such_run_and_pickles_are_clear_errors(s3, proxy, tmp_path):
     with pytest.raises(od.OPDError, match=r"^s3://bkt/runs/nope: no such directory"):
         od.analyze(["s3://bkt/runs/nope"], base="s3://bkt/models/base", storage=_config(proxy), progress=False)
@@ -206,6 +207,7 @@ def test_transient_errors_are_retried_then_reported_with_the_url():
         st.read_range("/b/obj", 0, 4)
 
 
+@pytest.mark.slow  # an analysis uploaded and read back (the same reads as the runs above, for a table)
 def test_report_inputs_read_from_a_bucket(s3, proxy, tmp_path):
     from opd_dynamics.report import load_inputs
 

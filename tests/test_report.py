@@ -29,7 +29,7 @@ def results(long_table, studies, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def few(long_table, tmp_path_factory):
-    """A results directory with one run and two metrics: a quick report (three figures)."""
+    """A results directory with one run and two metrics: a quick report (four figures)."""
     d = tmp_path_factory.mktemp("few") / "sft"
     keep = (long_table["run"] == "sft") & long_table["metric"].isin(["frobenius", "spectral_norm"])
     save(long_table[keep].reset_index(drop=True), d, {})
@@ -44,10 +44,18 @@ FIGURES = ["table1", "metrics_vs_step", "alignment", "layer_step_heatmap", "laye
 
 
 @pytest.fixture(scope="module")
+def one_figure(studies, tmp_path_factory):
+    """A study frame that draws one figure (the embedding-revert bars): the cheapest report there is."""
+    path = tmp_path_factory.mktemp("one") / "scores.csv"
+    studies[studies["study"] == "embedding_revert"].to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="module")
 def report(results, tmp_path_factory):
     """The full report, PNG only: half the cost of PNG + PDF (PDF font embedding). Every figure as PDF is
-    ``tests/test_plots.py``'s ``test_every_figure_saves_as_png_and_pdf``; the report's formats loop is
-    ``test_each_format_is_written_for_each_figure``."""
+    ``tests/test_plots.py``'s ``test_every_figure_saves_as_png_and_pdf`` (slow); the report's formats loop is
+    ``test_each_format_is_written_for_each_figure`` (one figure)."""
     out = tmp_path_factory.mktemp("rep") / "report"
     index = build_report([results / "main", results / "sft", results / "studies"], out, formats=("png",))
     return index
@@ -87,13 +95,13 @@ def test_latex_table_is_escaped_booktabs(report):
     assert to_latex(__import__("pandas").DataFrame({"run": ["a_b&c"]}), "50% of #1") .count(r"a\_b\&c") == 1
 
 
-def test_each_format_is_written_for_each_figure(few, tmp_path):
-    index = build_report([few], tmp_path / "rep", formats=("png", "pdf"))
-    meta = json.loads((index.parent / "report.json").read_text())
-    assert meta["figures"] == ["table1", "metrics_vs_step", "layer_step_heatmap", "layer_norms"]
-    for slug in meta["figures"]:
-        assert (index.parent / "figures" / f"{slug}.png").stat().st_size > 5000
-        assert (index.parent / "figures" / f"{slug}.pdf").read_bytes()[:4] == b"%PDF"
+def test_each_format_is_written_for_each_figure(one_figure, tmp_path):
+    index = build_report([one_figure], tmp_path / "rep", formats=("png", "pdf"))
+    assert json.loads((index.parent / "report.json").read_text())["figures"] == ["study_embedding_revert"]
+    figures = index.parent / "figures"
+    assert sorted(p.name for p in figures.iterdir()) == ["study_embedding_revert.pdf", "study_embedding_revert.png"]
+    assert (figures / "study_embedding_revert.png").stat().st_size > 5000
+    assert (figures / "study_embedding_revert.pdf").read_bytes()[:4] == b"%PDF"
 
 
 def test_missing_metrics_are_listed_not_fatal(few, tmp_path):
@@ -116,17 +124,17 @@ def test_errors_leave_nothing_behind(results, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
-def test_rebuild_replaces_only_a_report(few, tmp_path):
+def test_rebuild_replaces_only_a_report(one_figure, tmp_path):
     out = tmp_path / "rep"
-    build_report([few], out, formats=("png",))
+    build_report([one_figure], out, formats=("png",))
     (out / "stale.txt").write_text("old")
-    build_report([few], out, formats=("png",))
+    build_report([one_figure], out, formats=("png",))
     assert not (out / "stale.txt").exists() and (out / "index.html").exists()
     other = tmp_path / "precious"
     other.mkdir()
     (other / "thesis.tex").write_text("keep me")
     with pytest.raises(OPDError, match="not an opd-dynamics report"):
-        build_report([few], other, formats=("png",))
+        build_report([one_figure], other, formats=("png",))
     assert (other / "thesis.tex").read_text() == "keep me"
 
 
@@ -156,9 +164,9 @@ def test_load_inputs_prefers_parquet_over_its_csv_mirror(results, tmp_path):
     assert [s["path"].rsplit("/", 1)[-1] for s in inputs.sources] == ["metrics.parquet"]
 
 
-def test_cli_report(few, tmp_path):
+def test_cli_report(one_figure, tmp_path):
     out = tmp_path / "cli-rep"
-    proc = run_cli("report", few, "-o", out, "--formats", "png", "--title", "SFT only")
+    proc = run_cli("report", one_figure, "-o", out, "--formats", "png", "--title", "SFT only")
     assert proc.returncode == 0, proc.stderr
     assert "<title>SFT only</title>" in (out / "index.html").read_text()
     bad = run_cli("report", tmp_path / "nope", "-o", tmp_path / "x")

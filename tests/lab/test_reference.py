@@ -91,6 +91,7 @@ def test_second_call_reuses_everything(tiny_runs):
     assert (tiny_runs.teacher / "model.safetensors").stat().st_mtime_ns == stamp
 
 
+@pytest.mark.slow  # trains W0 and the three arms again, in bf16 (the fast tier trains them once: tiny_runs)
 def test_bfloat16_checkpoints_reuse_the_teacher(tiny_runs, tmp_path):
     # same out_dir, new dtype: the teacher (fp32, dtype-independent) is reused, W0 and runs are rebuilt in bf16
     import shutil

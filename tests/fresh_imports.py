@@ -1,0 +1,41 @@
+"""What a fresh interpreter loads: one ``python -c`` runs entry points in a fixed order and lists ``sys.modules``
+after each (the ``fresh_imports`` fixture of ``conftest.py``).
+
+Each fresh interpreter costs seconds of imports (torch, then transformers), so the laziness checks of
+``test_layering.py``, ``test_plugins.py`` and ``test_reliability.py`` share one. The order is chosen so that no
+step can hide a fault of another: the submodule ``opd_dynamics.analyze`` is imported first (the import order that
+once turned ``opd_dynamics.analyze`` into a module), each step's list holds everything the earlier steps loaded
+(a module loaded too early fails the later checks as well, it never passes them), and the cheap entry points come
+before the heavy ones.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def steps(opd: Path, base: Path) -> dict[str, str]:
+    """name -> code, run in this order in one interpreter."""
+    return {
+        "analyze_submodule": "from opd_dynamics.analyze import open_runs",
+        "edits": "from opd_dynamics.edits import available; assert 'spectral' in available()",
+        "analysis": f"import opd_dynamics\nopd_dynamics.analyze([{str(opd)!r}], base={str(base)!r}, progress=False, "
+                    "cache=False)",
+        "evaluators": "from opd_dynamics.evaluators import available; assert 'accuracy' in available()",
+        "lab": "import opd_dynamics.lab as lab; lab.PRESETS",
+        "demo": "import types, opd_dynamics.demo\nfrom opd_dynamics import analyze\n"
+                "assert not isinstance(analyze, types.ModuleType), analyze",
+    }
+
+
+def loaded_in_turn(opd: Path, base: Path) -> dict[str, list[str]]:
+    """{step: sorted sys.modules after it}; a failing step fails here with the interpreter's stderr."""
+    probe = "import json, sys\n" + "".join(f"{code}\nprint(json.dumps([{name!r}, sorted(sys.modules)]))\n"
+                                           for name, code in steps(opd, base).items())
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return dict(json.loads(line) for line in out.stdout.splitlines() if line.startswith('["'))
