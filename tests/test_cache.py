@@ -124,18 +124,16 @@ def test_a_half_written_checkpoint_is_left_out_with_a_warning(long_run, tmp_path
 
 
 def test_cli_exit_status_says_whether_something_was_skipped(long_run, tmp_path):
-    import subprocess
-    import sys
+    from cli_runner import run_cli
 
     run, out = _partial(long_run, tmp_path / "opd", range(1, 4)), tmp_path / "res"
-    cmd = [sys.executable, "-m", "opd_dynamics_cli.app", "analyze", str(run), "--base", str(long_run["base"]),
-           "-o", str(out), "-m", "frobenius", "-q"]
-    assert subprocess.run(cmd, capture_output=True, text=True).returncode == 0
+    cmd = ["analyze", run, "--base", long_run["base"], "-o", out, "-m", "frobenius", "-q"]
+    assert run_cli(*cmd).returncode == 0
     (run / "checkpoint-9").mkdir()
     shutil.copy(long_run["opd"] / "checkpoint-9" / "config.json", run / "checkpoint-9")
     data = (long_run["opd"] / "checkpoint-9" / "model.safetensors").read_bytes()
     (run / "checkpoint-9" / "model.safetensors").write_bytes(data[: len(data) - 100])
-    r = subprocess.run(cmd, capture_output=True, text=True)
+    r = run_cli(*cmd)
     assert r.returncode == 3, r.stderr
     assert "checkpoint-9: left out, checkpoint incomplete" in r.stderr
     assert set(pd.read_parquet(out / "metrics.parquet").step) == {1, 2, 3}

@@ -5,20 +5,16 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
+from cli_runner import run_cli
 from safetensors.torch import load_file, save_file
 
 from opd_dynamics.consistency import consistency, mask_consistency, overall, parse_mask, top_mask
 from opd_dynamics.errors import OPDError
 from opd_dynamics.table import load, validate
-
-CLI = [sys.executable, "-m", "opd_dynamics_cli.app"]
-
 
 def test_planted_masks_of_known_overlap():
     n = 1000
@@ -166,17 +162,14 @@ def test_different_bases_are_refused(planted, tmp_path):
 
 def test_cli_prints_pooled_jaccard_and_one_line_errors(planted, tmp_path):
     base, runs = planted
-    r = subprocess.run([*CLI, "mask-consistency", str(runs["a"]), str(runs["b"]), "--base", str(base), "-q"],
-                       capture_output=True, text=True, timeout=300)
+    r = run_cli("mask-consistency", runs["a"], runs["b"], "--base", base, "-q")
     assert r.returncode == 0 and r.stdout == "", r.stderr
-    r = subprocess.run([*CLI, "mask-consistency", str(runs["a"]), str(runs["b"]), "--base", str(base),
-                        "--steps", "2", "-o", str(tmp_path / "o")], capture_output=True, text=True, timeout=300)
+    r = run_cli("mask-consistency", runs["a"], runs["b"], "--base", base, "--steps", "2", "-o", tmp_path / "o")
     assert r.returncode == 0, r.stderr
     assert "mask_jaccard_chance" in r.stdout and "a~b" in r.stdout
     assert json.loads((tmp_path / "o" / "manifest.json").read_text())["mask"] == "top:0.01"
-    bad = subprocess.run([*CLI, "mask-consistency", str(runs["a"]), str(runs["b"]), "--base", str(base),
-                          "--mask", "top:5", "-o", str(tmp_path / "bad")], capture_output=True, text=True, timeout=300)
+    bad = run_cli("mask-consistency", runs["a"], runs["b"], "--base", base, "--mask", "top:5", "-o", tmp_path / "bad")
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and bad.stderr.startswith("error:")
     assert not (tmp_path / "bad").exists()
-    h = subprocess.run([*CLI, "mask-consistency", "--help"], capture_output=True, text=True, timeout=300)
+    h = run_cli("mask-consistency", "--help")
     assert h.returncode == 0 and "Examples" in h.stdout

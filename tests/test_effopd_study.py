@@ -3,11 +3,9 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
-
 import pandas as pd
 import pytest
+from cli_runner import run_cli
 
 from opd_dynamics.effopd.frame import replay_frame
 from opd_dynamics.effopd.replay import ReplayReport
@@ -73,9 +71,8 @@ def test_replay_run_writes_the_long_table_and_manifest(written):
 def test_cli_is_the_library(written, tmp_path):
     runs, out, _ = written
     cli_out = tmp_path / "cli"
-    r = subprocess.run([sys.executable, "-m", "opd_dynamics_cli.app", "effopd", "replay", str(runs["run"]),
-                        "--base", str(runs["base"]), "--task", "lab:tiny", "-e", ARGS["evaluator"], "--ks", "1, 2",
-                        "-q", "-o", str(cli_out)], capture_output=True, text=True, timeout=300)
+    r = run_cli("effopd", "replay", runs["run"], "--base", runs["base"], "--task", "lab:tiny", "-e", ARGS["evaluator"],
+                "--ks", "1, 2", "-q", "-o", cli_out)
     assert r.returncode == 0, r.stderr
     assert "cannot see how training would have continued" in r.stdout
     pd.testing.assert_frame_equal(load(cli_out), load(out))

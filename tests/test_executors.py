@@ -34,6 +34,7 @@ def inputs(synthetic_runs, sharded_opd, tiny_gpt2_runs):
     return paths, [synthetic_runs["base"]] * 3 + [tiny_gpt2_runs["base"]]
 
 
+@pytest.mark.slow  # a pool of worker processes (the fast tier: a pickling Executor below, the same tasks and rows)
 def test_processes_give_the_local_table_row_for_row(inputs):
     paths, bases = inputs
     kw = dict(base=bases, metrics=METRICS, progress=False)
@@ -122,6 +123,7 @@ def test_ray_absent_is_a_clear_error(monkeypatch, synthetic_runs):
                 executor="ray")
 
 
+@pytest.mark.slow  # a fresh interpreter (the fast tier: test_layering.py's test_an_analysis_loads_only_what_it_uses)
 def test_local_runs_never_import_ray(synthetic_runs):
     code = ("import sys; from opd_dynamics import analyze; "
             f"analyze([{str(synthetic_runs['opd'])!r}], base={str(synthetic_runs['base'])!r}, metrics=['frobenius'],"
@@ -137,6 +139,12 @@ def test_workers_times_threads_fit_the_affinity_mask(monkeypatch):
     for workers in (1, 2, 3, 8):
         assert default_threads(workers) * min(workers, cpus) <= max(cpus, workers)
         assert default_threads(workers) >= 1
+
+
+@pytest.mark.slow  # starts a pool of worker processes
+def test_worker_processes_use_their_share_of_the_affinity_mask(monkeypatch):
+    monkeypatch.delenv("OPD_DYNAMICS_THREADS")  # the choice itself is under test here
+    cpus = cpu_budget()
     job = Job((Spec("frobenius"),))
     with open_executor(ExecutorSpec("processes", workers=2), job, []) as (ex, workers, _):
         got = [f.result() for f in [ex.submit(torch.get_num_threads) for _ in range(4)]]
@@ -145,6 +153,7 @@ def test_workers_times_threads_fit_the_affinity_mask(monkeypatch):
     assert all(b is None or b * workers <= cpus for b in blas)  # numpy's OpenBLAS pool too
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch under taskset
 def test_default_torch_threads_follow_the_affinity_mask():
     """Pinned to one CPU, torch (and so the local executor) uses one thread, whatever the machine has."""
     code = "import torch; print(torch.get_num_threads())"

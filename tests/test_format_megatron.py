@@ -1,6 +1,7 @@
 """Megatron-core torch_dist checkpoints written by megatron-core itself (TP = 2, 2 gloo ranks on CPU)."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 
@@ -11,7 +12,9 @@ from safetensors.torch import load_file
 from opd_dynamics.errors import CheckpointError
 from opd_dynamics.io.formats import megatron
 
-pytest.importorskip("megatron.core", reason="needs the [megatron] extra (megatron-core)")
+if importlib.util.find_spec("megatron") is None or importlib.util.find_spec("megatron.core") is None:
+    # not imported here: importing megatron-core takes seconds, paid at collection even by `-m "not slow"`
+    pytest.skip("needs the [megatron] extra (megatron-core)", allow_module_level=True)
 pytestmark = pytest.mark.slow
 
 

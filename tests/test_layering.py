@@ -3,6 +3,7 @@ interpreters (what a cheap entry point actually loads)."""
 from __future__ import annotations
 
 import ast
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -125,15 +126,30 @@ def _loaded_after(code: str) -> list[str]:
     return out.stdout.split()
 
 
-def test_asking_for_the_evaluator_list_does_not_load_the_lab():
-    loaded = _loaded_after("from opd_dynamics.evaluators import available; assert 'accuracy' in available()")
-    assert [m for m in loaded if m.startswith("opd_dynamics.lab")] == []
+@pytest.fixture(scope="module")
+def loaded_in_turn(synthetic_runs) -> dict[str, list[str]]:
+    """One fresh interpreter (each costs seconds of imports) runs three entry points in turn and lists
+    ``sys.modules`` after each: an analysis, then the evaluator list, then ``opd_dynamics.lab``. Each later list
+    holds the earlier ones, so a module an earlier step loaded wrongly fails the later checks too (never hides)."""
+    opd, base = synthetic_runs["opd"], synthetic_runs["base"]
+    steps = {"analysis": f"import opd_dynamics\nopd_dynamics.analyze([{str(opd)!r}], base={str(base)!r}, "
+                         "progress=False, cache=False)",
+             "evaluators": "from opd_dynamics.evaluators import available; assert 'accuracy' in available()",
+             "lab": "import opd_dynamics.lab as lab; lab.PRESETS"}
+    probe = "import json, sys\n" + "".join(f"{code}\nprint(json.dumps([{name!r}, sorted(sys.modules)]))\n"
+                                           for name, code in steps.items())
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return dict(json.loads(line) for line in out.stdout.splitlines() if line.startswith('["'))
 
 
-def test_lab_package_imports_its_modules_on_demand():
-    loaded = _loaded_after("import opd_dynamics.lab as lab; lab.PRESETS")
-    assert sorted(m for m in loaded if m.startswith("opd_dynamics.lab.")) == ["opd_dynamics.lab.models",
-                                                                             "opd_dynamics.lab.presets"]
+def test_asking_for_the_evaluator_list_does_not_load_the_lab(loaded_in_turn):
+    assert [m for m in loaded_in_turn["evaluators"] if m.startswith("opd_dynamics.lab")] == []
+
+
+def test_lab_package_imports_its_modules_on_demand(loaded_in_turn):
+    assert sorted(m for m in loaded_in_turn["lab"] if m.startswith("opd_dynamics.lab.")) == [
+        "opd_dynamics.lab.models", "opd_dynamics.lab.presets"]
 
 
 def test_import_opd_dynamics_and_help_load_no_heavy_library():
@@ -152,10 +168,10 @@ def test_import_opd_dynamics_and_help_load_no_heavy_library():
     assert "Usage" in out.stdout and "LOADED []" in out.stdout, out.stdout[-500:] + out.stderr[-2000:]
 
 
-def test_an_analysis_loads_only_what_it_uses(synthetic_runs):
+def test_an_analysis_loads_only_what_it_uses(loaded_in_turn):
     """``analyze`` needs torch, numpy, safetensors and pandas; scipy (a metric's MP median), matplotlib and
-    transformers stay out of an analysis with the default metrics (each costs start-up time and ~40 MB of RSS)."""
-    opd, base = synthetic_runs["opd"], synthetic_runs["base"]
-    loaded = _loaded_after(f"import opd_dynamics\nopd_dynamics.analyze([{str(opd)!r}], base={str(base)!r}, "
-                           "progress=False, cache=False)")
-    assert [m for m in ("scipy", "matplotlib", "transformers", "sklearn") if m in loaded] == []
+    transformers stay out of an analysis with the default metrics (each costs start-up time and ~40 MB of RSS),
+    and so does ray (only ``executor="ray"`` imports it)."""
+    loaded = loaded_in_turn["analysis"]
+    assert "torch" in loaded and "opd_dynamics.engine" in loaded  # the analysis did run in the probe
+    assert [m for m in ("scipy", "matplotlib", "transformers", "sklearn", "ray") if m in loaded] == []

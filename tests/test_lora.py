@@ -228,8 +228,7 @@ def test_gpt2_fan_in_fan_out_fused_qkv(tmp_path):
 
 
 def test_lora_scaling_option_overrides_the_config_through_analyze_and_cli(llama, tmp_path):
-    import subprocess
-    import sys
+    from cli_runner import run_cli
 
     sel = ["name=layers\\.0\\.self_attn\\.q_proj"]
     default = analyze([llama / "lora"], metrics=["frobenius"], select=sel, progress=False, device="cpu")
@@ -237,9 +236,7 @@ def test_lora_scaling_option_overrides_the_config_through_analyze_and_cli(llama,
                      device="cpu")
     np.testing.assert_allclose(forced.value.to_numpy(), 3.0 * default.value.to_numpy(), rtol=1e-5)  # 8/4 = 2 -> 6
     out = tmp_path / "res"
-    r = subprocess.run([sys.executable, "-m", "opd_dynamics_cli.app", "analyze", str(llama / "lora"), "-q",
-                        "--lora-scaling", "6", "-m", "frobenius", "-s", sel[0], "-o", str(out)],
-                       capture_output=True, text=True)
+    r = run_cli("analyze", llama / "lora", "-q", "--lora-scaling", "6", "-m", "frobenius", "-s", sel[0], "-o", out)
     assert r.returncode == 0, r.stderr
     from opd_dynamics.table import load
     np.testing.assert_allclose(load(out).value.to_numpy(), forced.value.to_numpy(), rtol=1e-6)

@@ -226,6 +226,7 @@ def test_study_bars_and_missing_study(studies):
         P.norm_scaling(studies.drop(columns="variant"))
 
 
+@pytest.mark.slow  # 13 figures, each as PNG and PDF (PDF embeds fonts); the fast tier: test_report.py's layout test
 def test_every_figure_saves_as_png_and_pdf(long_table, studies, tmp_path):
     figs = [f(long_table) for f in P.ANALYSIS_FIGURES.values()]
     figs += [P.sliding_window(studies, long_table)] + [f(studies) for k, f in P.STUDY_FIGURES.items()
@@ -233,8 +234,8 @@ def test_every_figure_saves_as_png_and_pdf(long_table, studies, tmp_path):
     for i, fig in enumerate(figs):
         fig.savefig(tmp_path / f"{i}.png")
         assert (tmp_path / f"{i}.png").stat().st_size > 5000
-    figs[0].savefig(tmp_path / "t.pdf")
-    assert (tmp_path / "t.pdf").read_bytes()[:4] == b"%PDF"
+        fig.savefig(tmp_path / f"{i}.pdf")
+        assert (tmp_path / f"{i}.pdf").read_bytes()[:4] == b"%PDF"
 
 
 def test_several_metrics_never_share_an_axis(studies):

@@ -266,7 +266,7 @@ def _two_module_run(root):
 def test_cli_analyze_records_the_preset_and_show_uses_it(tmp_path):
     """``analyze --preset authors`` prints Table 1 with σ₁/‖ΔW‖_F as a ratio of sums; ``show`` reads the preset back
     from the manifest, and ``show --preset paper`` prints the mean of ratios."""
-    from test_cli import run
+    from cli_runner import run_cli as run
 
     from opd_dynamics.summary import table1
     from opd_dynamics.table import load
@@ -289,7 +289,7 @@ def test_cli_analyze_records_the_preset_and_show_uses_it(tmp_path):
     assert printed(run("show", out, "--preset", "paper").stdout) == pytest.approx(want["paper"], abs=6e-4)
     from opd_dynamics.report import build_report  # the HTML report's Table 1 follows the recorded preset too
 
-    build_report([out], tmp_path / "report")
+    build_report([out], tmp_path / "report", formats=("png",))
     t1 = pd.read_csv(tmp_path / "report" / "tables" / "table1_final.csv")
     assert float(t1["spectral_ratio"].iloc[0]) == pytest.approx(want["authors"], rel=1e-6)
     assert "authors preset" in (tmp_path / "report" / "index.html").read_text()

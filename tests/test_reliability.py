@@ -1,8 +1,9 @@
 """Every user mistake in every command, judged alike: stderr is one ``error:`` line, exit status 2, and nothing is
 created or changed at ``-o`` (nor beside it). Plus the output guarantees a user sees from the CLI.
 
-Each case is a real subprocess (``tests/test_cli.py``'s ``run``); ``docs/guarantees.md`` names the case that holds
-each promise.
+Each user-error case is a real subprocess (``tests/test_cli.py``'s ``run``), and so is the second writer (another
+process holds the claim); the guarantees of a successful run are checked in-process (``tests/cli_runner.py``: the
+same ``main()``, exit status and streams). ``docs/guarantees.md`` names the case that holds each promise.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from cli_runner import run_cli
 
 from opd_dynamics import analyze
 from opd_dynamics.outdir import claim
@@ -265,11 +267,14 @@ def test_unreadable_step_and_read_only_out(synthetic_runs, tmp_path):
 def test_rerun_replaces_result_whole_with_umask_modes_and_a_named_run(synthetic_runs, tmp_path):
     run_dir = _copy_run(synthetic_runs, tmp_path, "my-run")
     out = tmp_path / "out"
-    args = [*CLI, "analyze", ".", "--base", synthetic_runs["base"], "-m", "spectral_norm", "-o", out, "-q"]
+    args = ["analyze", ".", "--base", synthetic_runs["base"], "-m", "spectral_norm", "-o", out, "-q"]
 
     def cli(*extra):
-        return subprocess.run([*map(str, args), *extra], capture_output=True, text=True, cwd=run_dir, timeout=300,
-                              preexec_fn=lambda: os.umask(0o022))
+        umask = os.umask(0o022)
+        try:
+            return run_cli(*args, *extra, cwd=run_dir)
+        finally:
+            os.umask(umask)
 
     r = cli("--csv")
     assert r.returncode == 0, r.stderr
@@ -287,9 +292,9 @@ def test_rerun_replaces_result_whole_with_umask_modes_and_a_named_run(synthetic_
 
 def test_one_metric_twice_with_different_settings_is_named_apart(synthetic_runs, tmp_path):
     out = tmp_path / "out"
-    r = run("analyze", synthetic_runs["opd"], "--base", synthetic_runs["base"], "-o", out, "-q",
-            "-m", "spectral_norm,alignment_to_final:k=4", "--metric", "alignment_to_final:k=4,mode=paired",
-            "-m", "alignment_to_final:k=4,mode=subspace")  # an exact repeat (subspace is the default) is dropped
+    r = run_cli("analyze", synthetic_runs["opd"], "--base", synthetic_runs["base"], "-o", out, "-q",
+                "-m", "spectral_norm,alignment_to_final:k=4", "--metric", "alignment_to_final:k=4,mode=paired",
+                "-m", "alignment_to_final:k=4,mode=subspace")  # an exact repeat (subspace is the default) is dropped
     assert r.returncode == 0, r.stderr
     df = load(out)
     # each carries its settings that differ from the defaults (k=20, mode=subspace); each chance row with them

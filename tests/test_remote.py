@@ -8,8 +8,6 @@ mid-read must each end in one ``error:`` line, exit status 2 and nothing written
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -18,6 +16,7 @@ import pytest
 pytest.importorskip("s3fs")
 pytest.importorskip("moto.server")
 
+from cli_runner import run_cli  # noqa: E402
 from s3_server import Proxy, S3Server  # noqa: E402
 from shards import reshard, to_bin  # noqa: E402
 
@@ -29,7 +28,6 @@ from opd_dynamics.io.safetensors_file import SafetensorsFile  # noqa: E402
 from opd_dynamics.io.storage import StorageConfig, as_path  # noqa: E402
 from opd_dynamics.select import Selector  # noqa: E402
 
-CLI = [sys.executable, "-m", "opd_dynamics_cli.app"]
 CREDS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
 
@@ -124,9 +122,8 @@ def test_header_cache_skips_refetching_unchanged_headers(s3, proxy, tmp_path):
 
 def _cli(*args, proxy, out):
     env = {**os.environ, **CREDS}
-    r = subprocess.run([*CLI, "analyze", *map(str, args), "--storage-option", f"endpoint_url={proxy.url}",
-                        "--no-remote-cache", "--retries", "1", "-o", str(out), "-q"],
-                       capture_output=True, text=True, env=env, timeout=300)
+    r = run_cli("analyze", *args, "--storage-option", f"endpoint_url={proxy.url}", "--no-remote-cache", "--retries", "1",
+                "-o", out, "-q", env=env)
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert r.returncode == 2, r.stderr
     assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
@@ -136,7 +133,7 @@ def _cli(*args, proxy, out):
 
 
 @pytest.mark.parametrize("case", ["missing_shard", "denied", "dropped"])
-def test_remote_failures_are_one_line_and_write_nothing(case, s3, proxy, tmp_path):
+def test_remote_failures_are_one_line_and_write_nothing(case, s3, proxy, tmp_path, monkeypatch):
     out = tmp_path / "out"
     base = "s3://bkt/models/base"
     if case == "missing_shard":
@@ -150,6 +147,8 @@ def test_remote_failures_are_one_line_and_write_nothing(case, s3, proxy, tmp_pat
         assert "s3://bkt/runs/opd/checkpoint-4/model-00002-of-00003.safetensors: access denied (403" in line
     else:
         proxy.cut = ("checkpoint-8/model-00003",)
+        # s3fs retries a cut read 5 times with its own backoff (seconds) inside each of our attempts; ours are counted
+        monkeypatch.setattr(__import__("s3fs").S3FileSystem, "retries", 1)
         line = _cli("s3://bkt/runs/opd", "--base", base, proxy=proxy, out=out)
         assert "s3://bkt/runs/opd/checkpoint-8/model-00003-of-00003.safetensors: read failed after 2 attempts" in line
         assert any(status == -1 for _, _, status, _, _ in proxy.log)  # the proxy really cut a response

@@ -5,9 +5,9 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 
 import pytest
+from cli_runner import run_cli
 
 from opd_dynamics.errors import OPDError
 from opd_dynamics.report import build_report, load_inputs, to_latex
@@ -36,10 +36,20 @@ def few(long_table, tmp_path_factory):
     return d
 
 
+#: every figure the full report draws: all eight analysis figures and one per study (``embedding_revert`` has no
+#: figure of its own: bars)
+FIGURES = ["table1", "metrics_vs_step", "alignment", "layer_step_heatmap", "layer_norms", "rank1_pca",
+           "principal_angles", "sparsity_bf16", "study_sliding_window", "study_norm_scaling",
+           "study_spectral_partition", "study_early_rescale", "study_embedding_revert", "study_effopd"]
+
+
 @pytest.fixture(scope="module")
 def report(results, tmp_path_factory):
+    """The full report, PNG only: half the cost of PNG + PDF (PDF font embedding). Every figure as PDF is
+    ``tests/test_plots.py``'s ``test_every_figure_saves_as_png_and_pdf``; the report's formats loop is
+    ``test_each_format_is_written_for_each_figure``."""
     out = tmp_path_factory.mktemp("rep") / "report"
-    index = build_report([results / "main", results / "sft", results / "studies"], out, formats=("png", "pdf"))
+    index = build_report([results / "main", results / "sft", results / "studies"], out, formats=("png",))
     return index
 
 
@@ -47,11 +57,10 @@ def test_report_layout(report):
     out = report.parent
     meta = json.loads((out / "report.json").read_text())
     assert set(meta["colors"]) == {"opd", "rl", "sft"}
-    assert {"table1", "alignment", "layer_step_heatmap", "principal_angles", "study_effopd",
-            "study_sliding_window", "study_embedding_revert"} <= set(meta["figures"])
+    assert meta["figures"] == FIGURES and meta["skipped"] == {}
     for slug in meta["figures"]:
         assert (out / "figures" / f"{slug}.png").stat().st_size > 5000
-        assert (out / "figures" / f"{slug}.pdf").read_bytes()[:4] == b"%PDF"
+    assert sorted(p.name for p in (out / "figures").iterdir()) == sorted(f"{slug}.png" for slug in FIGURES)
     for name in ("table1_final.csv", "table1_final.tex", "table1_all_steps.csv", "kind_means_final.csv",
                  "kind_means_final.tex", "studies.csv"):
         assert (out / "tables" / name).stat().st_size > 0
@@ -76,6 +85,15 @@ def test_latex_table_is_escaped_booktabs(report):
     assert r"\toprule" in tex and r"\bottomrule" in tex
     assert r"spectral\_ratio" in tex and re.search(r"\d\\%", tex)
     assert to_latex(__import__("pandas").DataFrame({"run": ["a_b&c"]}), "50% of #1") .count(r"a\_b\&c") == 1
+
+
+def test_each_format_is_written_for_each_figure(few, tmp_path):
+    index = build_report([few], tmp_path / "rep", formats=("png", "pdf"))
+    meta = json.loads((index.parent / "report.json").read_text())
+    assert meta["figures"] == ["table1", "metrics_vs_step", "layer_step_heatmap", "layer_norms"]
+    for slug in meta["figures"]:
+        assert (index.parent / "figures" / f"{slug}.png").stat().st_size > 5000
+        assert (index.parent / "figures" / f"{slug}.pdf").read_bytes()[:4] == b"%PDF"
 
 
 def test_missing_metrics_are_listed_not_fatal(few, tmp_path):
@@ -140,13 +158,10 @@ def test_load_inputs_prefers_parquet_over_its_csv_mirror(results, tmp_path):
 
 def test_cli_report(few, tmp_path):
     out = tmp_path / "cli-rep"
-    proc = subprocess.run([sys.executable, "-m", "opd_dynamics_cli.app", "report", str(few),
-                           "-o", str(out), "--formats", "png", "--title", "SFT only"],
-                          capture_output=True, text=True)
+    proc = run_cli("report", few, "-o", out, "--formats", "png", "--title", "SFT only")
     assert proc.returncode == 0, proc.stderr
     assert "<title>SFT only</title>" in (out / "index.html").read_text()
-    bad = subprocess.run([sys.executable, "-m", "opd_dynamics_cli.app", "report", str(tmp_path / "nope"), "-o",
-                          str(tmp_path / "x")], capture_output=True, text=True)
+    bad = run_cli("report", tmp_path / "nope", "-o", tmp_path / "x")
     assert bad.returncode == 2 and bad.stderr.startswith("error:") and "Traceback" not in bad.stderr
 
 

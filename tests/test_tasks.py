@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
+from cli_runner import run_cli
 
 from opd_dynamics.errors import OPDError
 from opd_dynamics.evaluators import EvalContext, EvalSpec, TaskSpec
@@ -151,9 +150,7 @@ def test_a_row_without_the_mapped_columns_is_a_one_line_cli_error(tmp_path, tiny
     paths = tiny_llama_runs
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"question": "1+1=", "answer": "2"}, {"question": "2+2="}])
     out = tmp_path / "out"
-    r = subprocess.run([sys.executable, "-m", "opd_dynamics_cli.app", "interventions", "norm-scaling", paths["run"],
-                        "--base", paths["base"], "--task", bad, "-o", out, "-q"],
-                       capture_output=True, text=True, timeout=300)
+    r = run_cli("interventions", "norm-scaling", paths["run"], "--base", paths["base"], "--task", bad, "-o", out, "-q")
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
     assert lines[0].startswith("error: ") and "bad.jsonl: row 2 has no answer" in lines[0] and "--answer-column" in lines[0]

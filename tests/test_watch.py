@@ -1,4 +1,8 @@
-"""Watch mode: follow a run while another process writes it; half-written checkpoints are waited for, not errors."""
+"""Watch mode: follow a run while another process writes it; half-written checkpoints are waited for, not errors.
+
+The two tests with a real writer process and a real Ctrl-C are ``slow`` (seconds of real waiting, two interpreters);
+the fast tier covers the same path in-process: ``follow`` with a planted trainer, and ``analyze --watch`` through the
+CLI's ``main()`` on a finished run."""
 from __future__ import annotations
 
 import subprocess
@@ -7,6 +11,7 @@ import textwrap
 
 import pandas as pd
 import pytest
+from cli_runner import run_cli
 
 from opd_dynamics.synthetic import make_synthetic_runs
 from opd_dynamics.live import Stability, follow, incomplete
@@ -52,6 +57,7 @@ def source(tmp_path_factory):
                                hidden=16)
 
 
+@pytest.mark.slow  # a writer process and the CLI's own, with real pauses between checkpoints
 def test_cli_watch_follows_a_run_written_by_another_process(source, tmp_path):
     run, out = tmp_path / "live", tmp_path / "res"
     run.mkdir()
@@ -156,6 +162,21 @@ def test_follow_analyses_a_checkpoint_rewritten_in_place_again(source, tmp_path)
     assert calls == [[1], [1]]
 
 
+def test_cli_watch_stops_once_until_step_is_analysed(source, tmp_path):
+    """``analyze --watch`` through the CLI on a run already written: one look to see the files, one to see them
+    unchanged, then every ready step analysed in one table and exit status 0."""
+    out = tmp_path / "res"
+    r = run_cli("analyze", source["opd"], "--base", source["base"], "-o", out, "-m", "frobenius", "--watch",
+                "--until-step", "4", "--interval", "0.05")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("analysed steps up to 8 (5 checkpoints)") == 1 and "Traceback" not in r.stderr
+    fresh = __import__("opd_dynamics").analyze([source["opd"]], base=source["base"], metrics=["frobenius"],
+                                               progress=False)
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "metrics.parquet").astype(fresh.dtypes.to_dict()), fresh)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["res"]  # no temp directory or lock left beside -o
+
+
+@pytest.mark.slow  # a real SIGINT to a real process (the in-process path: test_follow_stops_on_ctrl_c_and_at_until_step)
 def test_cli_watch_exits_cleanly_on_ctrl_c(source, tmp_path):
     import signal
     import time

@@ -35,6 +35,7 @@ def test_a_widened_process_allowlist_does_not_widen_ours(tmp_path):
         torch.serialization.add_safe_globals(before)
 
 
+@pytest.mark.slow  # megatron-core imported in a fresh interpreter (the same guard in-process: the test above)
 def test_pytorch_model_bin_with_a_namespace_is_refused_after_megatron_import(tmp_path):
     d = tmp_path / "ck"
     d.mkdir()
