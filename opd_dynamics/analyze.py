@@ -175,7 +175,6 @@ def analyze(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] | 
     from .metrics.registry import DEFAULT_METRICS, Spec
     from .outdir import claim
     from .select import Selector
-    from .table import from_rows, table_files
 
     with claim(out) if out is not None else nullcontext() as claimed:  # -o checked and locked before any reading
         metrics = [metrics] if isinstance(metrics, (str, Spec)) else metrics  # one metric may come bare
@@ -205,6 +204,8 @@ def analyze(paths: Sequence[PathLike], *, base: PathLike | Sequence[PathLike] | 
             if memo is not None:
                 memo.discard()
             raise
+        from .table import from_rows, table_files  # pandas and pyarrow (~70 MB) only after the peak of the loop
+
         df = from_rows(rows)
         skipped = [f"{r.name}/{s}: {why}" for r in runs for s, why in getattr(r, "skipped", {}).items()]
         if claimed is not None:

@@ -53,7 +53,7 @@ def validate_study(df: pd.DataFrame) -> pd.DataFrame:
     if missing:
         raise ValueError(f"study frame lacks columns {missing}; expected {list(STUDY_COLUMNS)}")
     out = df.copy()
-    out[VARIANT] = out[VARIANT].fillna("")
+    out[VARIANT] = out[VARIANT].astype("object").fillna("")  # an all-empty CSV column reads back as float NaN
     out = out.astype(STUDY_DTYPES)
     if UPDATE_NORM in out.columns:
         out[UPDATE_NORM] = out[UPDATE_NORM].astype("float64")

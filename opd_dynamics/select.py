@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from .errors import SelectionError
 from .naming import Part
-from .table import BODY_KINDS, KINDS
+from .kinds import BODY_KINDS, KINDS
 
 
 @dataclass(frozen=True)

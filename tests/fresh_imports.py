@@ -23,6 +23,12 @@ def steps(opd: Path, base: Path) -> dict[str, str]:
     return {
         "analyze_submodule": "from opd_dynamics.analyze import open_runs",
         "edits": "from opd_dynamics.edits import available; assert 'spectral' in available()",
+        # what is loaded when the engine's loop starts (the list is that moment's, kept in _AT): the loop's peak
+        # memory must not carry pandas/pyarrow, which only the table needs
+        "loop": "import opd_dynamics, opd_dynamics.executors as _x\n_real = _x.stream\n"
+                "def _spy(*a, **k):\n    globals().setdefault('_AT', sorted(sys.modules))\n    return _real(*a, **k)\n"
+                f"_x.stream = _spy\nopd_dynamics.analyze([{str(opd)!r}], base={str(base)!r}, progress=False)\n"
+                "_x.stream = _real",
         "analysis": f"import opd_dynamics\nopd_dynamics.analyze([{str(opd)!r}], base={str(base)!r}, progress=False, "
                     "cache=False)",
         "evaluators": "from opd_dynamics.evaluators import available; assert 'accuracy' in available()",
@@ -34,8 +40,8 @@ def steps(opd: Path, base: Path) -> dict[str, str]:
 
 def loaded_in_turn(opd: Path, base: Path) -> dict[str, list[str]]:
     """{step: sorted sys.modules after it}; a failing step fails here with the interpreter's stderr."""
-    probe = "import json, sys\n" + "".join(f"{code}\nprint(json.dumps([{name!r}, sorted(sys.modules)]))\n"
-                                           for name, code in steps(opd, base).items())
+    probe = "import json, sys\n" + "".join(f"{code}\nprint(json.dumps([{name!r}, globals().pop('_AT', None) or "
+                                           "sorted(sys.modules)]))\n" for name, code in steps(opd, base).items())
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     return dict(json.loads(line) for line in out.stdout.splitlines() if line.startswith('["'))

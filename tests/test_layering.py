@@ -157,3 +157,11 @@ def test_an_analysis_loads_only_what_it_uses(fresh_imports):
     loaded = fresh_imports["analysis"]
     assert "torch" in loaded and "opd_dynamics.engine" in loaded  # the analysis did run in the probe
     assert [m for m in ("scipy", "matplotlib", "transformers", "sklearn", "ray") if m in loaded] == []
+
+
+def test_the_engine_loop_runs_without_pandas_loaded(fresh_imports):
+    """pandas and pyarrow (~70 MB of RSS) are for the table: imported after the loop, so not in its peak memory
+    (docs/performance.md, "Memory")."""
+    assert "opd_dynamics.engine" in fresh_imports["loop"]  # the snapshot is the loop's
+    assert [m for m in fresh_imports["loop"] if m.split(".")[0] in ("pandas", "pyarrow")] == []
+    assert "pandas" in fresh_imports["analysis"]  # and the table does load it

@@ -57,7 +57,9 @@ def test_signal_while_writing_leaves_old_result_and_no_temp(tmp_path, sig):
             raise AssertionError("the signal did not stop the writer")
         write_results({str(out)!r}, {{"metrics.parquet": lambda p: p.write_text("new"), "manifest.json": killed}})
     """)
-    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    # SIG_DFL first: a shell that starts pytest in the background (`cmd &`) hands its children SIGINT ignored
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                       preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert r.returncode != 0 and "AssertionError" not in r.stderr, r.stderr
     assert (out / "manifest.json").read_text() == "old" and _listing(out) == [MARKER, "manifest.json"]
     assert _listing(tmp_path) == ["res"]

@@ -211,3 +211,21 @@ def test_study_only_report_draws_one_figure_per_metric(studies, tmp_path):
     meta = json.loads((index.parent / "report.json").read_text())
     assert meta["figures"] == ["study_norm_scaling_accuracy", "study_norm_scaling_loglik",
                                "study_embedding_revert_accuracy", "study_embedding_revert_loglik"]
+
+
+def test_a_study_csv_whose_variant_column_is_all_empty_loads_without_warnings(studies, tmp_path):
+    """A frame of one study without variants (norm_scaling) round-trips through CSV as an all-NaN float column."""
+    import warnings
+
+    import pandas as pd
+
+    from opd_dynamics.report.inputs import load_inputs
+
+    frame = studies[studies["study"] == "norm_scaling"]
+    assert len(frame) and (frame["variant"] == "").all()
+    frame.to_csv(tmp_path / "scores.csv", index=False)
+    assert pd.read_csv(tmp_path / "scores.csv")["variant"].isna().all()  # what the loader is handed
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = load_inputs([tmp_path / "scores.csv"]).studies
+    assert len(got) == len(frame) and (got["variant"] == "").all() and got["variant"].dtype == "string"

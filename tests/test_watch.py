@@ -184,7 +184,8 @@ def test_cli_watch_exits_cleanly_on_ctrl_c(source, tmp_path):
     out = tmp_path / "res"
     p = subprocess.Popen([sys.executable, "-m", "opd_dynamics_cli.app", "analyze", str(source["opd"]), "--base",
                           str(source["base"]), "-o", str(out), "-m", "frobenius", "--watch", "--interval", "0.2"],
-                         stderr=subprocess.PIPE, text=True)
+                         stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # even under `pytest &`
     end = time.time() + 120
     while not (out / "manifest.json").exists() and time.time() < end and p.poll() is None:
         time.sleep(0.2)

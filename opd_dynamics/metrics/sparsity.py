@@ -14,12 +14,13 @@ a change). Cost: a few elementwise passes over the matrix, no decomposition.
 """
 from __future__ import annotations
 
-from typing import Literal
-
 import math
+from typing import TYPE_CHECKING, Literal
 
-import pandas as pd
 import torch
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 from .registry import Output, metric
 
@@ -115,6 +116,8 @@ def overall_sparsity(df: pd.DataFrame, by=("run", "step", "ref_step"), metric_na
     >>> overall_sparsity(from_rows(rows))["sparsity_bf16"].tolist()
     [0.25]
     """
+    import pandas as pd  # a table helper: an analysis loads pandas only for its table
+
     by = list(by)
     key = by + ["module"]
     frac = df[df["metric"] == metric_name].set_index(key)["value"]
