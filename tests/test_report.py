@@ -61,6 +61,16 @@ def report(results, tmp_path_factory):
     return index
 
 
+@pytest.fixture(scope="module")
+def small_report(long_table, tmp_path_factory):
+    """Three runs, Table 1's metrics only: four figures (the full report is ``report``, slow)."""
+    d = tmp_path_factory.mktemp("small")
+    keep = long_table["metric"].isin(["spectral_ratio", "effective_rank", "frobenius"])
+    save(long_table[keep].reset_index(drop=True), d / "runs", {"tool": "opd-dynamics analyze"})
+    return build_report([d / "runs"], d / "report", formats=("png",))
+
+
+@pytest.mark.slow  # every figure of the full report (the fast tier builds small_report and one-figure reports)
 def test_report_layout(report):
     out = report.parent
     meta = json.loads((out / "report.json").read_text())
@@ -78,18 +88,19 @@ def test_report_layout(report):
     assert kinds["studies/studies.parquet"] == "study"
 
 
-def test_html_is_self_contained(report):
+def test_html_is_self_contained(small_report):
+    report = small_report
     text = report.read_text()
     assert text.count("data:image/png;base64,") == len(json.loads((report.parent / "report.json").read_text())
-                                                         ["figures"])
+                                                         ["figures"]) == 4
     assert not re.search(r"""(src|href)=['"](https?:)?//""", text)  # nothing fetched from the network
     assert "<script" not in text
     for run in ("opd", "rl", "sft"):
         assert f"<td>{run}</td>" in text  # runs side by side in Table 1
 
 
-def test_latex_table_is_escaped_booktabs(report):
-    tex = (report.parent / "tables" / "table1_final.tex").read_text()
+def test_latex_table_is_escaped_booktabs(small_report):
+    tex = (small_report.parent / "tables" / "table1_final.tex").read_text()
     assert r"\toprule" in tex and r"\bottomrule" in tex
     assert r"spectral\_ratio" in tex and re.search(r"\d\\%", tex)
     assert to_latex(__import__("pandas").DataFrame({"run": ["a_b&c"]}), "50% of #1") .count(r"a\_b\&c") == 1
