@@ -186,15 +186,16 @@ def main() -> None:
             res[j].append(measure(j, root))
     med = {j: sorted(r, key=lambda x: x["seconds"])[len(r) // 2] for j, r in res.items()}
     io, svd, naive, an = med["io"]["seconds"], med["svd"]["svd_seconds"], med["naive"]["seconds"], med["analyze"]["seconds"]
-    print(f"| measurement | seconds | peak RSS (MB) |\n|---|---|---|")
+    print(f"| measurement | seconds | peak RSS (MiB) |\n|---|---|---|")
     for j in res:
         print(f"| {j} | {med[j]['seconds']:.1f} | {med[j]['peak_rss_mb']:.0f} |")
     print(f"| svdvals only (compute floor, inside `svd`) | {svd:.1f} | |")
     print(f"\nanalyze chose {med['analyze'].get('threads', '?')} compute thread(s); torch's default for the floor")
     print(f"\nI/O floor: {med['io']['bytes'] / 2**30:.2f} GiB read")
-    print(f"analyze / (I/O floor + one svdvals per matrix) = {an / (io + svd):.2f}  (target <= 2)")
-    print(f"analyze / naive = {an / naive:.2f}  (target < 1)")
-    print(f"analyze peak RSS = {med['analyze']['peak_rss_mb']:.0f} MB (target < 1536)")
+    print(f"analyze / (I/O floor + one svdvals per matrix) = {an / (io + svd):.2f}  (target <= 1.15)")
+    print(f"analyze / svdvals only = {an / svd:.2f}  (the I/O floor moves with the page cache; this ratio does not)")
+    print(f"analyze / naive = {an / naive:.2f}  (target <= 0.7)")
+    print(f"analyze peak RSS = {med['analyze']['peak_rss_mb']:.0f} MiB (target < 1536 MiB = 1.5 GiB)")
 
 
 if __name__ == "__main__":
