@@ -58,3 +58,26 @@ def rank1_pca_evr_oracle(top_left, w0, steps: dict[int, np.ndarray]) -> dict[str
     x = np.stack(rows)
     sv = np.linalg.svd(x - x.mean(0), compute_uv=False) ** 2
     return {"rank1_pca_evr1": sv[0] / sv.sum(), "rank1_pca_evr2": sv[1] / sv.sum()}
+
+
+def gkd_setup(layers: int = 1):
+    """The tiny on-policy distillation setup of the TRL ``GKDTrainer`` tests: (tokenizer, ``llama(hidden, seed)``,
+    rows). A character tokenizer with a bare chat template, a Llama of ``layers`` layers built from its config, and
+    16 ``messages`` rows "a+b=" → "a+b" for a, b < 4."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from opd_dynamics.lab.tokenizer import char_tokenizer
+
+    tok = char_tokenizer()
+    tok.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+
+    def llama(hidden: int, seed: int):
+        torch.manual_seed(seed)
+        return LlamaForCausalLM(LlamaConfig(
+            vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+            num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64, pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id))
+
+    rows = [{"messages": [{"role": "user", "content": f"{a}+{b}="}, {"role": "assistant", "content": str(a + b)}]}
+            for a in range(4) for b in range(4)]
+    return tok, llama, rows

@@ -63,23 +63,12 @@ def test_both_callbacks_in_trl_on_policy_distillation(tmp_path, monkeypatch):
     monkeypatch.setenv("TRL_EXPERIMENTAL_SILENCE", "1")
     monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(tmp_path / "tb"))
     from datasets import Dataset
-    from transformers import LlamaConfig, LlamaForCausalLM
     from trl.experimental.gkd import GKDConfig, GKDTrainer
 
-    from opd_dynamics.lab.tokenizer import char_tokenizer
+    from helpers import gkd_setup
 
-    tok = char_tokenizer()
-    tok.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    tok, llama, rows = gkd_setup(layers=1)
 
-    def llama(hidden, seed):
-        torch.manual_seed(seed)
-        return LlamaForCausalLM(LlamaConfig(
-            vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=1,
-            num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64, pad_token_id=tok.pad_token_id,
-            eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id))
-
-    rows = [{"messages": [{"role": "user", "content": f"{a}+{b}="}, {"role": "assistant", "content": str(a + b)}]}
-            for a in range(4) for b in range(4)]
     probe = tok(["1+2=3", "2+2=4"], return_tensors="pt", padding=True)
     geo = GeometryCallback(["spectral_ratio", "stable_rank"], every=2)
     tokens = TokenDiagnosticsCallback(probe, every=2, k=4)

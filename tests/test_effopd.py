@@ -179,24 +179,14 @@ def test_callback_inside_trl_on_policy_distillation(tmp_path, monkeypatch):
     """TRL's GKDTrainer with lmbda=1 (student rollouts only) and beta=1 (reverse KL) is on-policy distillation."""
     monkeypatch.setenv("TRL_EXPERIMENTAL_SILENCE", "1")
     from datasets import Dataset
-    from transformers import LlamaConfig, LlamaForCausalLM
     from trl.experimental.gkd import GKDConfig, GKDTrainer
 
     from opd_dynamics.effopd.callback import EffOPDCallback
-    from opd_dynamics.lab.tokenizer import char_tokenizer
 
-    tok = char_tokenizer()
-    tok.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    from helpers import gkd_setup
 
-    def llama(hidden, seed):
-        torch.manual_seed(seed)
-        return LlamaForCausalLM(LlamaConfig(
-            vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
-            num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64, pad_token_id=tok.pad_token_id,
-            eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id))
+    tok, llama, rows = gkd_setup(layers=2)
 
-    rows = [{"messages": [{"role": "user", "content": f"{a}+{b}="}, {"role": "assistant", "content": str(a + b)}]}
-            for a in range(4) for b in range(4)]
 
     student = llama(16, 0)
     first, last = _snapshots()

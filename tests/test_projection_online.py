@@ -217,20 +217,12 @@ def _gkd_run(tmp_path, monkeypatch, with_callback: bool):
     """5 steps of TRL's GKDTrainer, lmbda=1 beta=1 (on-policy reverse KL), snapshots before and after the hook."""
     monkeypatch.setenv("TRL_EXPERIMENTAL_SILENCE", "1")
     from datasets import Dataset
-    from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback
+    from transformers import TrainerCallback
     from trl.experimental.gkd import GKDConfig, GKDTrainer
 
-    from opd_dynamics.lab.tokenizer import char_tokenizer
+    from helpers import gkd_setup
 
-    tok = char_tokenizer()
-    tok.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
-
-    def llama(hidden, seed):
-        torch.manual_seed(seed)
-        return LlamaForCausalLM(LlamaConfig(
-            vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=1,
-            num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64, pad_token_id=tok.pad_token_id,
-            eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id))
+    tok, llama, rows = gkd_setup(layers=1)
 
     class Snap(TrainerCallback):  # runs where it stands in the callback list: before or after the projection
         def __init__(self):
@@ -239,8 +231,6 @@ def _gkd_run(tmp_path, monkeypatch, with_callback: bool):
         def on_step_end(self, args, state, control, model=None, **kwargs):
             self.at[state.global_step] = _snapshot(model)
 
-    rows = [{"messages": [{"role": "user", "content": f"{a}+{b}="}, {"role": "assistant", "content": str(a + b)}]}
-            for a in range(4) for b in range(4)]
     student = llama(16, 0)
     w0 = _snapshot(student)
     raw, projected = Snap(), Snap()
