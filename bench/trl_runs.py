@@ -36,8 +36,6 @@ import torch
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-CHAT = ("{% for m in messages %}<{{ m['role'][0] }}>{{ m['content'] }}\n{% endfor %}"
-        "{% if add_generation_prompt %}<a>{% endif %}")
 PAIRS = [(a, b) for a in range(10) for b in range(10)]
 METRICS = ["alignment_to_final", "alignment_to_final:mode=paired", "subspace_locking", "spectral_ratio",
            "effective_rank", "signal_rank"]
@@ -52,11 +50,9 @@ PRODUCTS = [turn(f"{a}*{b}=", str(a * b)) for a, b in PAIRS]   # what W₀ knows
 
 
 def tokenizer():
-    from opd_dynamics.lab.tokenizer import char_tokenizer
+    from opd_dynamics.lab.tokenizer import chat_tokenizer
 
-    tok = char_tokenizer()
-    tok.chat_template = CHAT
-    return tok
+    return chat_tokenizer()
 
 
 def qwen2(tok, hidden: int, seed: int):

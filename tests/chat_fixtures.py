@@ -18,8 +18,6 @@ from pathlib import Path
 
 import torch
 
-CHAT = ("{% for m in messages %}<{{ m['role'][0] }}>{{ m['content'] }}\n{% endfor %}"
-        "{% if add_generation_prompt %}<a>{% endif %}")
 PAIRS = [(a, b) for a in (1, 3, 5, 7) for b in (2, 4, 6, 8)]
 ROWS = [{"messages": [{"role": "user", "content": f"{a}+{b}="}, {"role": "assistant", "content": str(a + b)}]}
         for a, b in PAIRS]
@@ -29,11 +27,9 @@ STEPS = 64
 
 
 def chat_tokenizer():
-    from opd_dynamics.lab.tokenizer import char_tokenizer
+    from opd_dynamics.lab.tokenizer import chat_tokenizer
 
-    tok = char_tokenizer()
-    tok.chat_template = CHAT
-    return tok
+    return chat_tokenizer()
 
 
 def llama(tok, hidden: int, seed: int):

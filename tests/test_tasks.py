@@ -11,17 +11,9 @@ from opd_dynamics.errors import OPDError
 from opd_dynamics.evaluators import EvalContext, EvalSpec, TaskSpec
 from opd_dynamics.evaluators.checkers import math_equal, math_gold
 from opd_dynamics.task.rows import RowsTask, last_boxed
-from opd_dynamics.lab.tokenizer import char_tokenizer
+from opd_dynamics.lab.tokenizer import char_tokenizer, chat_tokenizer
 
-CHAT = ("{% for m in messages %}<{{ m['role'][0] }}>{{ m['content'] }}\n{% endfor %}"
-        "{% if add_generation_prompt %}<a>{% endif %}")
 ROWS = [{"question": f"{a}+{b}=", "answer": str(a + b)} for a in range(3) for b in range(3)]
-
-
-def chat_tokenizer():
-    tok = char_tokenizer()
-    tok.chat_template = CHAT
-    return tok
 
 
 def write_jsonl(path, rows):

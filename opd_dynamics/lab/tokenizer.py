@@ -46,6 +46,24 @@ def char_tokenizer(alphabet: str = DEFAULT_ALPHABET) -> PreTrainedTokenizerFast:
         unk_token="<unk>", padding_side="left", clean_up_tokenization_spaces=False)
 
 
+#: a chat template for the character tokenizer: each turn as ``<u>``/``<a>`` (the role's first letter) + content + a
+#: newline; the generation prompt is ``<a>``. One token per character, so a chat model fits a tiny vocabulary.
+CHAT_TEMPLATE = ("{% for m in messages %}<{{ m['role'][0] }}>{{ m['content'] }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}<a>{% endif %}")
+
+
+def chat_tokenizer() -> PreTrainedTokenizerFast:
+    """:func:`char_tokenizer` with :data:`CHAT_TEMPLATE` (the chat runs of the tests and ``bench/trl_runs.py``).
+
+    >>> chat_tokenizer().apply_chat_template([{"role": "user", "content": "1+2="}], tokenize=False,
+    ...                                      add_generation_prompt=True)
+    '<u>1+2=\\n<a>'
+    """
+    tok = char_tokenizer()
+    tok.chat_template = CHAT_TEMPLATE
+    return tok
+
+
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
     """Load a saved character tokenizer (never through ``AutoTokenizer``; see the module docstring)."""
     return PreTrainedTokenizerFast.from_pretrained(str(path))
