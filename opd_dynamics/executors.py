@@ -441,10 +441,16 @@ def run_local(plans: list[TensorPlan], job: Job, todos: list[tuple], *, memo=Non
         return Result(rows, [], "", rec.cells if rec is not None else None)
 
     results: dict[int, Result] = {}
+    failed: dict[int, BaseException] = {}
     with compute_threads(threads):
         for i in big:
-            results[i] = one(i)
-    failed: dict[int, BaseException] = {}
+            try:
+                results[i] = one(i)
+            except Exception as e:  # the tensors before it in plan order still run: one of them may fail first
+                failed[i] = e
+                break
+    if failed:
+        small = [i for i in small if i < min(failed)]
     with compute_threads(threads // workers), ThreadPoolExecutor(workers, thread_name_prefix="opd-local") as pool:
         futures = {pool.submit(one, i): i for i in small}
         for fut in as_completed(futures):

@@ -309,6 +309,19 @@ def test_local_threads_raise_the_error_a_one_thread_run_meets_first(synthetic_ru
         with pytest.raises(CheckpointError) as spread:
             analyze([bad], **kw)
         assert str(spread.value) == str(serial.value) and "layers.0.mlp.up_proj" in str(serial.value)
+    # a big tensor (run first, alone) fails too, later in plan order than a small one: the small one's error wins
+    sd = load_file(synthetic_runs["opd"] / "checkpoint-4" / "model.safetensors")  # clean again
+    sd["model.layers.1.mlp.up_proj.weight"][0, 0] = float("nan")
+    sd["model.layers.0.self_attn.q_proj.weight"][0, 0] = float("nan")
+    save_file(sd, f, metadata={"format": "pt"})
+    monkeypatch.setattr(executors, "PREFETCH_MAX_BYTES", 64 * 32 * 4 - 1)  # the MLP matrices count as big
+    monkeypatch.setattr(executors, "default_threads", lambda workers=1: 1)
+    with pytest.raises(CheckpointError) as serial:
+        analyze([bad], **kw)
+    monkeypatch.setattr(executors, "default_threads", lambda workers=1: 2)
+    with pytest.raises(CheckpointError) as spread:
+        analyze([bad], **kw)
+    assert str(spread.value) == str(serial.value) and "layers.0.self_attn.q_proj" in str(serial.value)
 
 
 def test_local_threads_take_fewer_tensors_at_a_time_when_memory_is_short(synthetic_runs, monkeypatch):
