@@ -458,8 +458,9 @@ def run_local(plans: list[TensorPlan], job: Job, todos: list[tuple], *, memo=Non
                 continue
             if fut.exception() is not None:
                 failed[futures[fut]] = fut.exception()
-                for f in futures:
-                    f.cancel()
+                for f, j in futures.items():  # only what comes after it in plan order: an earlier one may fail first
+                    if j > futures[fut]:
+                        f.cancel()
             else:
                 results[futures[fut]] = fut.result()
     if failed:  # the error a one-thread run would have met first: the failing tensor earliest in plan order
